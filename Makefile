@@ -1,0 +1,56 @@
+# `make` builds the environment and runs the pipeline; `make test` runs the tests.
+VENV   ?= .venv
+PYTHON ?= python3
+SHARED ?= $(abspath ../shared)
+JOBS   ?= 1
+BASE   ?= main
+PY     := $(VENV)/bin/python
+# DVC runs each stage's `python` from PATH: make it the project's environment.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+# The local mirrors of the two remote inputs (see README "Offline").
+OFFLINE := -S fetch.url=$(SHARED)/data/imagewoof2-160.tgz \
+           -S fetch.sha256=2f267d740542ef79848753934d8246e8f94b5a16b90588c8bf1254c256a2ffdc \
+           -S model.weights=$(SHARED)/weights/vit_tiny_patch16_224.safetensors
+MINI    := -S fetch.url=$(SHARED)/data/imagewoof2-mini.tgz -S fetch.sha256=null \
+           -S model.weights=$(SHARED)/weights/vit_tiny_patch16_224.safetensors
+
+.PHONY: all repro offline mini test bench sweep pr-report clean-venv
+all: repro
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+repro: $(VENV)/.runtime          ## the whole pipeline, downloading ImageWoof and the weights
+	dvc repro
+
+offline: $(VENV)/.runtime        ## the whole pipeline from the local mirrors in $(SHARED)
+	dvc exp run $(OFFLINE)
+
+mini: $(VENV)/.runtime           ## a 2-minute run on the 300-image mini set, for a quick look
+	dvc exp run $(MINI) -S full.epochs=1 -S lora.epochs=1
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.dev              ## speed and memory table (python -m woof.bench --help)
+	$(PY) -m woof.bench all
+
+sweep: $(VENV)/.runtime          ## LoRA rank x learning-rate grid through the DVC queue
+	$(PY) -m woof.sweep queue lora
+	dvc queue start -j $(JOBS)
+	$(PY) -m woof.sweep wait
+	$(PY) -m woof.sweep collect
+
+pr-report: $(VENV)/.runtime      ## Markdown of metric/param diffs against BASE, for a pull request
+	$(PY) -m woof.sweep pr-report --base $(BASE) --out pr-report.md
+
+clean-venv:
+	rm -rf $(VENV)

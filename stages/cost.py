@@ -1,0 +1,37 @@
+"""cost stage: parameters, FLOPs and memory of each fine-tuning method -> metrics/cost.json.
+
+Counting needs only the architecture, so the model is built with random weights (no download,
+no data): full fine-tuning, linear probing, LoRA at the configured rank and targets, and frozen-k
+(cost.freeze_blocks, else full.freeze_blocks, else half the blocks). Logic and definitions in woof/analysis.py.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python stages/cost.py` finds woof/
+
+import torch
+
+from woof import analysis
+from woof.io import load_params
+from woof.models import create_model
+
+
+def main(params_path="params.yaml", out="metrics/cost.json"):
+    params = load_params(params_path)
+    cost = params.get("cost", {}) or {}
+    name, image_size = params["model"]["name"], params["data"]["image_size"]
+    torch.manual_seed(0)
+
+    def factory():
+        return create_model(name, num_classes=10, img_size=image_size, pretrained=False)
+
+    methods = analysis.methods_from_params(params, blocks=analysis.num_blocks(factory()))
+    table = analysis.cost_table(factory, methods,
+                                batch_size=cost.get("batch_size", 32), image_size=image_size,
+                                device=cost.get("device", "cpu"))
+    analysis.write_cost(out, table)
+    print(analysis.format_table(table))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,63 @@
+"""Stage visualize_attention: where the pretrained, fully fine-tuned and LoRA ViTs look.
+
+Reads data/prepared/val.safetensors + classes.json, the pretrained weights and models/{full,lora};
+writes plots/attention_cls.png, plots/attention_rollout.png and metrics/attention.json.
+The maps are functions in woof/attention.py; this script only wires them to the pipeline files.
+"""
+import torch
+
+from woof import attention
+from woof.data import load_classes, load_split, normalize
+from woof.io import load_params, write_json
+from woof.models import create_model, data_config, load_model
+
+VAL, CLASSES = "data/prepared/val.safetensors", "data/prepared/classes.json"
+
+
+def main():
+    params = load_params()
+    p_att, p_model, size = params.get("attention", {}), params["model"], params["data"]["image_size"]
+    num_images, seed = p_att.get("num_images", 8), p_att.get("seed", 0)
+
+    images, labels = load_split(VAL)  # uint8 (N, 3, S, S), int64 (N,)
+    classes = load_classes(CLASSES)
+    names = [c["name"] for c in classes]
+    idx = attention.choose_images(labels, num_images, seed)
+    images, labels = images[idx], labels[idx]  # (B, 3, S, S), (B,)
+
+    # The pretrained model with its ImageNet head restricted to our 10 classes = zero-shot baseline.
+    models = {"pretrained": create_model(p_model["name"], num_classes=len(classes), img_size=size,
+                                         weights=p_model.get("weights"),
+                                         class_indices=[c["imagenet_index"] for c in classes]).eval()}
+    for method in ("full", "lora"):
+        model, config = load_model(f"models/{method}")
+        if config.get("classes") and config["classes"] != [c["wnid"] for c in classes]:
+            raise ValueError(f"models/{method} was trained on classes in another order than {CLASSES}")
+        models[method] = model
+
+    cls_maps, rollout_maps, preds = {}, {}, {}
+    for name, model in models.items():
+        cfg = data_config(model, size)
+        x = normalize(images, cfg["mean"], cfg["std"])  # (B, 3, S, S) float32
+        cls_maps[name] = attention.cls_attention(model, x)  # (B, heads, h, w)
+        rollout_maps[name] = attention.gradient_rollout(model, x, labels)  # (B, h, w)
+        pred, conf = attention.predict(model, x)
+        preds[name] = [(names[p], c) for p, c in zip(pred.tolist(), conf.tolist())]
+        print(f"{name}: {sum(p == names[t] for (p, _), t in zip(preds[name], labels.tolist()))}"
+              f"/{len(labels)} of the shown images right")
+
+    true_names = [names[t] for t in labels.tolist()]
+    attention.attention_grid("plots/attention_cls.png", images,
+                             {k: m.mean(1) for k, m in cls_maps.items()}, true_names, preds,
+                             title="Last-layer CLS attention (mean over heads)")
+    attention.attention_grid("plots/attention_rollout.png", images, rollout_maps, true_names, preds,
+                             title="Gradient-weighted attention rollout for the true class")
+    metrics = attention.attention_metrics(cls_maps, rollout_maps)
+    metrics["num_images"] = len(idx)
+    write_json("metrics/attention.json", metrics)
+    print({k: v for k, v in metrics.items() if k in models})
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()

@@ -1,0 +1,124 @@
+"""The compare stage on small fabricated metrics files: table numbers, compare.json deltas, a
+discussion that follows the numbers, clear errors for missing inputs, figures written."""
+import json
+import runpy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from woof import report
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["Shih-Tzu", "beagle", "Samoyed"]
+
+
+def fabricate(root, full_top1=0.95, lora_top1=0.90, probe=False):
+    """Metrics and plots as the earlier stages write them (see .tmp/SPEC.md)."""
+    m, p = root / "metrics", root / "plots"
+    m.mkdir(parents=True, exist_ok=True)
+    p.mkdir(parents=True, exist_ok=True)
+    ev = {"zero_shot": {"top1": 0.80, "top5": 0.97, "loss": 0.9, "images_per_s": 200.0, "n": 1000},
+          "full": {"top1": full_top1, "top5": 0.995, "loss": 0.2, "images_per_s": 200.0, "n": 1000},
+          "lora": {"top1": lora_top1, "top5": 0.99, "loss": 0.3, "images_per_s": 200.0, "n": 1000}}
+    common = dict(epochs=2, train_images_per_s=40.0, total_params=5_000_000, final_train_loss=0.5,
+                  final_train_acc=0.9, final_val_loss=0.3, final_val_acc=0.9, precision="bf16")
+    full = dict(common, train_minutes=20.0, trainable_params=5_000_000, trainable_pct=100.0,
+                peak_memory_mb=2000.0, model_mb=20.0)
+    lora = dict(common, train_minutes=10.0, trainable_params=125_000, trainable_pct=2.5,
+                peak_memory_mb=1500.0, model_mb=20.0, adapter_mb=0.5)
+    if probe:
+        ev["probe"] = {"top1": 0.85, "top5": 0.98, "loss": 0.5, "images_per_s": 200.0, "n": 1000}
+        (m / "train_probe.json").write_text(json.dumps(dict(common, train_minutes=2.0, trainable_params=1_930,
+                                                            peak_memory_mb=800.0, model_mb=20.0)))
+    (m / "evaluate.json").write_text(json.dumps(ev))
+    (m / "train_full.json").write_text(json.dumps(full))
+    (m / "train_lora.json").write_text(json.dumps(lora))
+    (m / "data.json").write_text(json.dumps(dict(train_images=3000, val_images=1000, skipped_images=1, num_classes=3)))
+    for method, top1 in (("full", full_top1), ("lora", lora_top1)):
+        pd.DataFrame(dict(epoch=[1, 2], train_loss=[1.0, 0.5], train_acc=[0.7, 0.9], val_loss=[0.6, 0.3],
+                          val_acc=[0.8, top1], epoch_seconds=[600.0, 600.0], lr=[1e-4, 1e-5])
+                     ).to_csv(p / f"train_{method}.csv", index=False)
+    pd.DataFrame([dict(**{"class": c}, method=meth, accuracy=0.8 + 0.05 * i)
+                  for meth in ("zero_shot", "full", "lora") for i, c in enumerate(CLASSES)]
+                 ).to_csv(p / "per_class.csv", index=False)
+    (root / "params.yaml").write_text(yaml.safe_dump(
+        {"model": {"name": "vit_tiny_patch16_224", "weights": None}, "data": {"image_size": 160, "train_fraction": 1.0},
+         "full": {"epochs": 2, "lr": 1e-4}, "lora": {"epochs": 2, "rank": 8, "alpha": 16, "targets": ["qkv", "proj"]}}))
+
+
+def run_stage(root, monkeypatch):
+    monkeypatch.chdir(root)
+    runpy.run_path(str(REPO / "stages" / "compare.py"), run_name="__main__")
+    return (root / "report.md").read_text()
+
+
+def test_stage_writes_table_json_figures_report(tmp_path, monkeypatch):
+    fabricate(tmp_path)
+    (tmp_path / "plots" / "attention_cls.png").write_bytes(b"\x89PNG")  # from visualize_attention
+    (tmp_path / "metrics" / "attention.json").write_text(json.dumps({"full": {"cls_entropy": 3.25}}))
+    text = run_stage(tmp_path, monkeypatch)
+    assert "(plots/attention_cls.png)" in text and "attention_rollout" not in text
+    assert "`full.cls_entropy`: 3.250" in text
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ") and "Method" not in line}
+    # columns: top1, top5, loss, minutes, img/s, trainable, total, trainable %, peak MB, checkpoint MB
+    assert rows["Full fine-tuning"][:3] == ["95.00", "99.50", "0.200"]
+    assert rows["LoRA"][0] == "90.00" and rows["Zero-shot"][0] == "80.00"
+    assert rows["LoRA"][5:8] == ["125,000", "5,000,000", "2.50"]
+    assert rows["Zero-shot"][5:8] == ["0", "5,000,000", "0.00"]
+    assert rows["LoRA"][9] == "0.50" and rows["Full fine-tuning"][9] == "20.00"  # adapter vs model
+    assert rows["Zero-shot"][9] == "—"
+
+    out = json.loads((tmp_path / "metrics" / "compare.json").read_text())
+    assert out["lora_minus_full_top1"] == pytest.approx(-0.05)
+    assert out["full_minus_zero_shot_top1"] == pytest.approx(0.15)
+    assert out["lora_trainable_pct"] == pytest.approx(2.5)
+    assert out["lora_speedup"] == pytest.approx(2.0)
+    assert out["lora_checkpoint_ratio"] == pytest.approx(0.025)
+    assert out["lora"]["checkpoint_mb"] == 0.5 and out["zero_shot"]["checkpoint_mb"] is None
+
+    for k in ("accuracy", "params", "curves", "per_class"):
+        png = tmp_path / "plots" / f"compare_{k}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG" and f"(plots/compare_{k}.png)" in text
+    assert "Full fine-tuning wins by 5.0 points" in text
+    assert "3,000 training and 1,000 validation images" in text and "`rank=8`" in text
+    assert not list(tmp_path.rglob(".*.png*"))  # no temporary files left behind
+
+
+def test_discussion_follows_the_numbers(tmp_path):
+    fabricate(tmp_path, full_top1=0.90, lora_top1=0.95)
+    text = " ".join(report.discussion(report.collect(tmp_path / "metrics", tmp_path / "plots")))
+    assert "LoRA wins by 5.0 points" in text and "Full fine-tuning wins" not in text
+    assert "beyond what sampling noise" in text
+    assert "2.00x faster" in text and "40x smaller" in text
+
+    fabricate(tmp_path, full_top1=0.95, lora_top1=0.945)  # within the 1-point tie band
+    text = " ".join(report.discussion(report.collect(tmp_path / "metrics", tmp_path / "plots")))
+    assert "LoRA matches full fine-tuning within 1 point" in text and "wins by" not in text
+    assert "within what sampling noise" in text
+
+    fabricate(tmp_path, full_top1=0.95, lora_top1=0.90)
+    text = " ".join(report.discussion(report.collect(tmp_path / "metrics", tmp_path / "plots")))
+    assert "matches" not in text and "Full fine-tuning is the better choice" in text
+
+
+def test_linear_probe_and_cost_when_present(tmp_path):
+    fabricate(tmp_path, probe=True)
+    (tmp_path / "metrics" / "cost.json").write_text(json.dumps(
+        {"full": {"train_flops": 3e11, "inference_flops": 1e9}, "lora": {"train_flops": 2e11, "inference_flops": 1e9}}))
+    df = report.collect(tmp_path / "metrics", tmp_path / "plots")
+    assert list(df.method) == ["zero_shot", "linear_probe", "full", "lora"]
+    table = report.markdown_table(df)
+    assert "| Linear probe | 85.00 |" in table and "Train GFLOPs/step" in table and "| 300.0 |" in table
+
+
+@pytest.mark.parametrize("missing", ["metrics/evaluate.json", "metrics/train_full.json",
+                                     "metrics/train_lora.json", "plots/train_lora.csv", "plots/per_class.csv"])
+def test_missing_input_names_the_file(tmp_path, monkeypatch, missing):
+    fabricate(tmp_path)
+    (tmp_path / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=Path(missing).name):
+        run_stage(tmp_path, monkeypatch)
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "metrics" / "compare.json").exists()

@@ -1,0 +1,152 @@
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from conftest import ROOT
+from woof.models import create_model, data_config, set_trainable
+from woof.train import build_model, fit
+
+CLASSES = [{"wnid": f"n{i}", "name": f"class {i}", "imagenet_index": i} for i in range(4)]
+
+
+def tiny_data(n, size, seed):
+    """Class-coloured noise: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    base = torch.tensor([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30]])[labels]
+    images = base[:, :, None, None] + torch.randint(-30, 30, (n, 3, size, size), generator=g)
+    return images.clamp(0, 255).to(torch.uint8), labels
+
+
+def tiny_params(**full):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"].update(name="vit_tiny_patch16_224", weights=None)
+    params["data"]["image_size"] = 32
+    params["full"].update({"epochs": 3, "batch_size": 8, "lr": 1e-3, "pretrained": False,
+                           "warmup_epochs": 0.5, **full})
+    return params
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_data(32, 35, 0), tiny_data(16, 32, 1)
+
+
+def run(params, data, method="full", **kw):
+    model = build_model(method, params, CLASSES)
+    history = fit(model, *data, params[method], data_config(model, 32), **kw)
+    return model, history
+
+
+def metrics_only(history):
+    return [{k: v for k, v in h.items() if k not in ("epoch_seconds", "images_per_s")} for h in history]
+
+
+def test_same_params_same_metrics(data):
+    _, h1 = run(tiny_params(), data)
+    _, h2 = run(tiny_params(), data)
+    assert metrics_only(h1) == metrics_only(h2)
+    assert h1[-1]["train_loss"] < h1[0]["train_loss"]
+    _, h3 = run(tiny_params(seed=1), data)
+    assert metrics_only(h3) != metrics_only(h1)
+
+
+def test_resume_after_interruption_gives_identical_metrics(data, tmp_path):
+    _, uninterrupted = run(tiny_params(), data)
+
+    def crash(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed after epoch 1")
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_params(), data, ckpt_dir=tmp_path, fingerprint="abc", on_epoch_end=crash)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+    resumed_model, resumed = run(tiny_params(), data, ckpt_dir=tmp_path, fingerprint="abc")
+    assert metrics_only(resumed) == metrics_only(uninterrupted)
+    # A checkpoint written for other params is not resumed from.
+    _, other = run(tiny_params(lr=5e-4), data, ckpt_dir=tmp_path, fingerprint="other")
+    assert len(other) == 3 and metrics_only(other) != metrics_only(uninterrupted)
+
+
+def test_bf16_autocast_trains(data):
+    _, h = run(tiny_params(), data, precision="bf16")
+    assert len(h) == 3 and all(torch.isfinite(torch.tensor(x["train_loss"])) for x in h)
+    with pytest.raises(ValueError, match="precision"):
+        run(tiny_params(), data, precision="fp8")
+
+
+@pytest.mark.parametrize("key,value", [("epochs", -1), ("epochs", 0), ("batch_size", 0), ("lr", -1.0)])
+def test_bad_params_are_clear_errors(data, key, value):
+    with pytest.raises(ValueError, match=key):
+        run(tiny_params(**{key: value}), data)
+
+
+def test_batch_larger_than_dataset(data):
+    with pytest.raises(ValueError, match="larger than the 32 training images"):
+        run(tiny_params(batch_size=64), data)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model.name 'vit_nope'"):
+        create_model("vit_nope", pretrained=False)
+
+
+def test_freeze_blocks_stops_backprop_below_block_k():
+    model = set_trainable(create_model("vit_tiny_patch16_224", img_size=32, pretrained=False), freeze_blocks=3)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert "pos_embed" in frozen and "patch_embed.proj.weight" in frozen
+    assert all(not p.requires_grad for p in model.blocks[2].parameters())
+    assert all(p.requires_grad for p in model.blocks[3].parameters())
+    seen = {}
+    model.blocks[2].register_forward_hook(lambda m, i, o: seen.update(below=o.requires_grad))
+    model.blocks[3].register_forward_hook(lambda m, i, o: seen.update(at=o.requires_grad))
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert seen == {"below": False, "at": True}  # nothing below block 3 is in the autograd graph
+    with pytest.raises(ValueError, match="12 blocks"):
+        set_trainable(create_model("vit_tiny_patch16_224", img_size=32, pretrained=False), freeze_blocks=13)
+
+
+def test_freeze_blocks_resnet_stages():
+    model = set_trainable(create_model("resnet18", pretrained=False), freeze_blocks=2)
+    assert not model.conv1.weight.requires_grad and not model.layer2[1].conv2.weight.requires_grad
+    assert model.layer3[0].conv1.weight.requires_grad and model.fc.weight.requires_grad
+
+
+def test_linear_probe_runs_backbone_once(data):
+    model = build_model("full", tiny_params(trainable=["head"]), CLASSES)
+    calls = []
+    model.patch_embed.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    head_before = model.head.weight.clone()
+    blocks_before = model.blocks[0].mlp.fc1.weight.clone()
+    history = fit(model, *data, tiny_params()["full"] | {"epochs": 5}, data_config(model, 32))
+    assert sum(calls) == 32 + 16  # one pass over train and val, whatever the number of epochs
+    assert len(history) == 5 and not torch.equal(model.head.weight, head_before)
+    assert torch.equal(model.blocks[0].mlp.fc1.weight, blocks_before)
+
+
+def _ddp_worker(rank, world, port, data, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    _, history = run(tiny_params(), data, device="cpu")
+    if rank == 0:
+        out.put(metrics_only(history))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_match_one(data):
+    torch.set_num_threads(1)
+    single = metrics_only(run(tiny_params(), data)[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    mp.start_processes(_ddp_worker, args=(2, port, data, out), nprocs=2, start_method="spawn")
+    double = out.get()
+    for a, b in zip(single, double):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k

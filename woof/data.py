@@ -1,0 +1,266 @@
+"""ImageWoof: download, safe extraction, one-time decoding into uint8 tensors, and batched
+augmentation on those tensors (no per-sample PIL work while training)."""
+import hashlib
+import math
+import shutil
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from timm.data import ImageNetInfo, create_transform
+from tqdm import tqdm
+
+from woof.io import atomic_path, read_json, write_json
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+SPLITS = ("train", "val")
+
+
+# ---------------------------------------------------------------------------------------------
+# fetch
+
+def fetch(url, out_dir, sha256=None):
+    """Download (or copy) the ImageWoof archive, check it, and extract it to out_dir/{train,val}.
+
+    url: http(s) URL, file:// URL or plain local path. Nothing is left at out_dir on failure."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch.", dir=out_dir.parent) as tmp:
+        archive = _local_archive(url, Path(tmp))
+        if sha256:
+            digest = sha256_file(archive)
+            if digest != sha256.lower():
+                raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}")
+        with atomic_path(out_dir, is_dir=True) as staging:
+            extracted = Path(tmp) / "extracted"
+            safe_extract(archive, extracted)
+            root = _find_split_root(extracted)
+            for split in SPLITS:
+                shutil.move(str(root / split), str(staging / split))
+    return out_dir
+
+
+def _local_archive(url, tmp):
+    parsed = urllib.parse.urlparse(str(url))
+    if parsed.scheme in ("http", "https"):
+        dest = tmp / Path(parsed.path).name
+        with urllib.request.urlopen(url) as response, open(dest, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        return dest
+    path = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else url)
+    if not path.is_file():
+        raise FileNotFoundError(f"fetch.url {url}: no such file")
+    return path
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def safe_extract(archive, dest):
+    """Extract a tar archive, refusing any member that would land outside `dest` and any link
+    or device file (a malicious archive must not write elsewhere on the machine)."""
+    dest = Path(dest).resolve()
+    dest.mkdir(parents=True)
+    try:
+        with open(archive, "rb") as raw, \
+                tqdm.wrapattr(raw, "read", total=Path(archive).stat().st_size,
+                              desc=f"extract {Path(archive).name}") as f, \
+                tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                target = (dest / member.name).resolve()
+                if not target.is_relative_to(dest):
+                    raise ValueError(f"unsafe archive member {member.name!r}: it escapes the output folder")
+                if not (member.isfile() or member.isdir()):
+                    raise ValueError(f"unsafe archive member {member.name!r}: links and devices are refused")
+                tar.extract(member, dest, filter="data")
+    except (tarfile.ReadError, tarfile.CompressionError, EOFError, OSError, zlib.error) as e:
+        raise RuntimeError(f"archive {archive} is truncated or corrupt: {e}") from e
+
+
+def _find_split_root(extracted):
+    for candidate in [extracted, *sorted(p for p in extracted.rglob("*") if p.is_dir())]:
+        if all((candidate / s).is_dir() for s in SPLITS):
+            return candidate
+    raise ValueError("archive has no folder with train/ and val/ subfolders (ImageWoof layout)")
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocess
+
+def class_table(wnids):
+    """wnid, human-readable name and ImageNet-1k index of each class (timm's ImageNet metadata)."""
+    info = ImageNetInfo()
+    names = info.label_names()
+    rows = []
+    for wnid in wnids:
+        index = names.index(wnid) if wnid in names else -1
+        rows.append({"wnid": wnid, "name": info.index_to_description(index) if index >= 0 else wnid,
+                     "imagenet_index": index})
+    return rows
+
+
+def preprocess(raw_dir, out_dir, data_cfg, train_fraction=1.0, seed=0, workers=None):
+    """Decode every image once into uint8 tensors.
+
+    val: resized and center-cropped exactly as timm's eval transform for the model (data_cfg).
+    train: only resized to the eval resize size (size / crop_pct) and center-cropped square, so
+    random resized crops have a margin and `center_crop` gives back the exact eval view. Unreadable images are skipped with a warning and counted.
+    Returns the stats written to metrics/data.json."""
+    if not 0 < train_fraction <= 1:
+        raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    wnids = sorted(p.name for p in (raw_dir / "train").iterdir() if p.is_dir())
+    if not wnids:
+        raise ValueError(f"{raw_dir / 'train'} has no class folders")
+    size = data_cfg["input_size"][-1]
+    train_size = math.floor(size / data_cfg["crop_pct"])  # timm's eval resize size
+    transforms = {"val": pil_transform(data_cfg, size, data_cfg["crop_pct"]),
+                  "train": pil_transform(data_cfg, train_size, 1.0)}
+    stats = {"num_classes": len(wnids), "skipped_images": 0}
+    with atomic_path(out_dir, is_dir=True) as staging:
+        for split in SPLITS:
+            files, labels = _list_images(raw_dir / split, wnids)
+            if split == "train" and train_fraction < 1:
+                keep = stratified_subset(labels, train_fraction, seed)
+                files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+            images, ok = decode_images(files, transforms[split], desc=f"preprocess {split}", workers=workers)
+            stats["skipped_images"] += len(files) - len(ok)
+            labels = torch.tensor([labels[i] for i in ok], dtype=torch.int64)
+            stats[f"{split}_images"] = len(ok)
+            save_file({"images": images, "labels": labels}, str(staging / f"{split}.safetensors"))
+        write_json(staging / "classes.json", class_table(wnids))
+    return stats
+
+
+def pil_transform(data_cfg, size, crop_pct):
+    """timm's eval transform (resize + center crop) without ToTensor/Normalize: we keep uint8."""
+    full = create_transform(input_size=(3, size, size), interpolation=data_cfg["interpolation"],
+                            crop_pct=crop_pct, crop_mode=data_cfg.get("crop_mode", "center"),
+                            is_training=False, mean=data_cfg["mean"], std=data_cfg["std"])
+    ops = []
+    for t in full.transforms:
+        if "ToTensor" in type(t).__name__:
+            break
+        ops.append(t)
+    return lambda img: _compose(ops, img)
+
+
+def _compose(ops, img):
+    for op in ops:
+        img = op(img)
+    return img
+
+
+def _list_images(split_dir, wnids):
+    files, labels = [], []
+    for label, wnid in enumerate(wnids):
+        folder = split_dir / wnid
+        if not folder.is_dir():
+            raise ValueError(f"{split_dir} has no folder for class {wnid}")
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(p)
+                labels.append(label)
+    return files, labels
+
+
+def stratified_subset(labels, fraction, seed):
+    """Indices of a seeded, per-class `fraction` of the samples (at least one per class)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels)
+    keep = []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        n = max(1, round(fraction * len(idx)))
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+    return torch.cat(keep).sort().values.tolist()
+
+
+def decode_images(files, transform, desc="decode", workers=None):
+    """-> (uint8 tensor (N, 3, S, S) of the readable images, list of their indices in `files`)."""
+    def load(path):
+        try:
+            with Image.open(path) as img:
+                return np.asarray(transform(img.convert("RGB")))  # (S, S, 3)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            warnings.warn(f"skipping unreadable image {path}: {e}")
+            return None
+
+    # PIL releases the GIL while decoding and resizing, so threads use every core.
+    with ThreadPoolExecutor(workers) as pool:
+        arrays = list(tqdm(pool.map(load, files), total=len(files), desc=desc, unit="img"))
+    ok = [i for i, a in enumerate(arrays) if a is not None]
+    if not ok:
+        raise ValueError(f"{desc}: none of the {len(files)} images could be read")
+    images = torch.from_numpy(np.stack([arrays[i] for i in ok])).permute(0, 3, 1, 2).contiguous()
+    return images, ok
+
+
+def load_split(path):
+    """-> (images uint8 (N, 3, S, S), labels int64 (N,)) as written by `preprocess`."""
+    tensors = load_file(str(path))
+    return tensors["images"], tensors["labels"]
+
+
+def load_classes(path):
+    return read_json(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# tensors for the model
+
+def normalize(images, mean, std):
+    """uint8 (B, 3, H, W) -> float32 normalised with the model's mean and std."""
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std  # float input (augmented batches) works too
+
+
+def random_resized_crop_flip(images, size, rand, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3),
+                             hflip=0.5):
+    """RandomResizedCrop + horizontal flip for a whole batch in one grid_sample call.
+
+    images: uint8 or float (B, 3, S, S) -> float32 (B, 3, size, size), values still in [0, 255].
+    rand: (B, 5) uniform numbers (area, aspect, x, y, flip), drawn by the caller so that every
+    rank of a distributed run can draw them for the global batch and take its own slice."""
+    B = images.shape[0]
+    rand = rand.to(images.device)
+    area = scale[0] + (scale[1] - scale[0]) * rand[:, 0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * rand[:, 1]
+    w = torch.sqrt(area * log_r.exp()).clamp(max=1.0)  # crop width as a fraction of S
+    h = torch.sqrt(area / log_r.exp()).clamp(max=1.0)
+    cx = (1 - w) * (2 * rand[:, 2] - 1)  # crop centre in grid coordinates [-1, 1]
+    cy = (1 - h) * (2 * rand[:, 3] - 1)
+    sign = torch.where(rand[:, 4] < hflip, -1.0, 1.0)
+    theta = torch.zeros(B, 2, 3, device=images.device)
+    theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, (B, 3, size, size), align_corners=False)
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def center_crop(images, size):
+    """(B, 3, S, S) -> (B, 3, size, size). On the train cache (resized to size / crop_pct) this is
+    timm's eval view of the image up to a one-pixel rounding shift of the crop window."""
+    top = int(round((images.shape[-1] - size) / 2))
+    return images[..., top:top + size, top:top + size]

@@ -1,0 +1,51 @@
+"""Inference over cached tensors and the metrics computed from its logits."""
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from woof.data import normalize
+
+
+def autocast(device, precision):
+    """bf16 autocast on CPU and GPU alike (this CPU has AVX512-BF16); fp32 is a no-op context."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be fp32 or bf16, got {precision!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@torch.no_grad()
+def predict(model, images, data_cfg, batch_size=128, device="cpu", precision="fp32", desc=None):
+    """uint8 images (N, 3, S, S), already at the model's input size -> (float32 logits (N, C),
+    images per second)."""
+    model.eval()
+    logits = []
+    start = time.perf_counter()
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, unit="batch"):
+        x = normalize(images[i:i + batch_size].to(device), data_cfg["mean"], data_cfg["std"])
+        with autocast(device, precision):
+            logits.append(model(x).float().cpu())
+    seconds = time.perf_counter() - start
+    return torch.cat(logits), len(images) / max(seconds, 1e-9)
+
+
+def classification_metrics(logits, labels):
+    """Top-1, top-5 (fractions) and mean cross-entropy of (N, C) logits against (N,) labels."""
+    k = min(5, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices  # (N, k)
+    hits = topk == labels[:, None]
+    return {"top1": hits[:, 0].float().mean().item(), "top5": hits.any(1).float().mean().item(),
+            "loss": F.cross_entropy(logits, labels).item(), "n": len(labels)}
+
+
+def per_class_accuracy(logits, labels, num_classes):
+    pred = logits.argmax(1)
+    return [(pred[labels == c] == c).float().mean().item() if (labels == c).any() else float("nan")
+            for c in range(num_classes)]
+
+
+def confusion_matrix(logits, labels, num_classes):
+    """(C, C) counts, rows = true class, columns = predicted class."""
+    index = labels * num_classes + logits.argmax(1)
+    return torch.bincount(index, minlength=num_classes ** 2).view(num_classes, num_classes)

@@ -1,0 +1,361 @@
+"""LoRA (Hu et al., ICLR 2022) for any PyTorch model: nn.Linear and nn.Conv2d layers, loralib style.
+
+    model = apply_lora(model, r"blocks\\.\\d+\\.(attn\\.qkv|attn\\.proj|mlp\\.fc1|mlp\\.fc2)", rank=8, alpha=16)
+    ... train (only the adapters and the head have requires_grad) ...
+    save_lora(model, "adapter.safetensors")      # adapters + head only, a few hundred KB
+    plain = merge_lora(model)                     # the original architecture, W0 + s·B·A folded in
+
+A wrapped layer computes h = W0·x + b + s·B·A·dropout(x), s = alpha/r (alpha/sqrt(r) with rslora).
+B starts at zero, so a freshly wrapped model computes exactly what the original did.
+
+Speed: with dropout 0 the adapter is linear in x, so the layer runs as ONE matmul with the merged
+weight W0 + s·B·A (a cheap r-rank update of a small matrix). The backward computes dx with the
+merged weight and dA, dB through thin rank-r products; the full-size weight-gradient matmul that
+full fine-tuning pays for (and the separate low-rank branch that PEFT pays for) is never run.
+Adapter parameters are called lora_A / lora_B; the utilities below find them by the "lora_" prefix.
+"""
+import copy
+import math
+import numbers
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from woof.io import atomic_path
+
+
+class _MergedLoRALinear(torch.autograd.Function):
+    """y = x·(W0 + s·B·A)ᵀ + b with rank-r weight gradients: never forms the (out, in) gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, scaling):
+        merged = torch.addmm(weight, B, A, alpha=scaling)  # (out, in); exactly W0 while B == 0
+        ctx.save_for_backward(x, merged, A, B)
+        ctx.scaling = scaling
+        return F.linear(x, merged, bias)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, merged, A, B = ctx.saved_tensors
+        need_x, need_w, need_b, need_a, need_bb, _ = ctx.needs_input_grad
+        dt, s = gy.dtype, ctx.scaling  # under autocast gy may be bf16 while x and A, B are float32
+        dx = dw = db = da = dbb = None
+        if need_x:
+            dx = (gy @ merged.to(dt)).to(x.dtype)  # (..., in)
+        if need_w or need_b or need_a or need_bb:
+            gy2 = gy.reshape(-1, gy.shape[-1])  # (M, out), M = all leading dims (batch, tokens)
+            x2 = x.reshape(-1, x.shape[-1]).to(dt)  # (M, in)
+        if need_a:  # dA = s·Bᵀ·gyᵀ·x, (r, M) @ (M, in); s goes on the smallest factor
+            da = ((gy2 @ (B * s).to(dt)).t() @ x2).to(A.dtype)
+        if need_bb:  # dB = s·gyᵀ·(x·Aᵀ), computed as ((x·Aᵀ)ᵀ·gy)ᵀ: the faster order for BLAS here
+            dbb = ((x2 @ (A * s).to(dt).t()).t() @ gy2).t().to(B.dtype)
+        if need_w:  # only when the base weight was made trainable too
+            dw = (gy2.t() @ x2).to(merged.dtype)
+        if need_b:
+            db = gy2.sum(0)
+        return dx, dw, db, da, dbb, None
+
+
+class _MergedLoRAConv2d(torch.autograd.Function):
+    """The same trick for convolutions: one conv with the merged kernel, rank-r kernel gradients."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, scaling, stride, padding, dilation):
+        # B is a 1x1 conv, so B∘A is a conv with kernel B·A: fold it into W0.
+        merged = torch.addmm(weight.flatten(1), B.flatten(1), A.flatten(1), alpha=scaling).view_as(weight)
+        ctx.save_for_backward(x, merged, A, B)
+        ctx.conf = (scaling, stride, padding, dilation)
+        return F.conv2d(x, merged, bias, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, gy):  # gy: (N, out, Ho, Wo)
+        x, merged, A, B = ctx.saved_tensors
+        s, stride, padding, dilation = ctx.conf
+        need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
+        dt = gy.dtype
+        dx = dw = db = da = dbb = None
+        conv_grad = (stride, padding, dilation)
+        if need_x:
+            dx = torch.nn.grad.conv2d_input(x.shape, merged.to(dt), gy, *conv_grad).to(x.dtype)
+        x_ = x.to(dt)
+        if need_a:  # gradient at A's output is Bᵀ·gy (a 1x1 conv, r channels), then A's kernel gradient
+            gu = F.conv2d(gy, (B * s).to(dt).flatten(1).t()[:, :, None, None])  # (N, r, Ho, Wo)
+            da = torch.nn.grad.conv2d_weight(x_, A.shape, gu, *conv_grad).to(A.dtype)
+        if need_bb:
+            u = F.conv2d(x_, (A * s).to(dt), None, *conv_grad)  # (N, r, Ho, Wo), recomputed: it is thin
+            dbb = torch.einsum("nohw,nrhw->or", gy, u).view_as(B).to(B.dtype)
+        if need_w:
+            dw = torch.nn.grad.conv2d_weight(x_, merged.shape, gy, *conv_grad).to(merged.dtype)
+        if need_b:
+            db = gy.sum((0, 2, 3))
+        return dx, dw, db, da, dbb, None, None, None, None
+
+
+class _LoRA:
+    """What LoRALinear and LoRAConv2d share: adapter parameters, scaling, dropout, the on/off switch."""
+
+    def _init_lora(self, rank, alpha, dropout, rslora, a_shape, b_shape):
+        self.rank, self.alpha, self.rslora = rank, alpha, rslora
+        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
+        like = dict(device=self.weight.device, dtype=self.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(a_shape, **like))
+        self.lora_B = nn.Parameter(torch.zeros(b_shape, **like))  # zero: the model starts unchanged
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as PEFT (and nn.Linear) do
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_enabled = True
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+
+    def _two_paths(self):
+        # Dropout acts on the adapter's input only, so W0 cannot absorb B·A: run both branches.
+        return self.training and isinstance(self.lora_dropout, nn.Dropout)
+
+    def merged_weight(self):
+        """W0 + s·B·A, shaped like W0."""
+        with torch.no_grad():
+            return torch.addmm(self.weight.flatten(1), self.lora_B.flatten(1), self.lora_A.flatten(1),
+                               alpha=self.scaling).view_as(self.weight)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, rslora={self.rslora}"
+
+
+class LoRALinear(_LoRA, nn.Linear):
+    """nn.Linear plus a rank-r adapter. Shares (does not copy) the base layer's weight and bias, so
+    the state-dict keys stay `...weight` / `...bias` and the layer is a drop-in replacement."""
+
+    @staticmethod
+    def unsupported(base):
+        return None
+
+    def __init__(self, base, rank, alpha, dropout=0.0, rslora=False):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        self._init_lora(rank, alpha, dropout, rslora, (rank, base.in_features), (base.out_features, rank))
+
+    def forward(self, x):  # x: (..., in)
+        if not self.lora_enabled:
+            return F.linear(x, self.weight, self.bias)
+        if self._two_paths():
+            low_rank = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)  # (..., out)
+            return F.linear(x, self.weight, self.bias) + self.scaling * low_rank
+        return _MergedLoRALinear.apply(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scaling)
+
+    def to_plain(self):
+        plain = nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None,
+                                   device=self.weight.device, dtype=self.weight.dtype)
+        return _fill_plain(self, plain)
+
+
+class LoRAConv2d(_LoRA, nn.Conv2d):
+    """nn.Conv2d plus an adapter: A is a conv with r output channels and the base layer's kernel size,
+    stride, padding and dilation; B is a 1x1 conv from r to the output channels."""
+
+    _CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                   "transposed", "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice")
+
+    @staticmethod
+    def unsupported(base):
+        """Why this convolution cannot take an adapter, or None."""
+        if base.groups != 1:
+            return f"grouped convolutions (groups={base.groups}) are not supported"
+        if base.padding_mode != "zeros":
+            return f"padding_mode={base.padding_mode!r} is not supported, only 'zeros'"
+        pads = [d * (k - 1) for k, d in zip(base.kernel_size, base.dilation)]
+        if base.padding == "same" and any(p % 2 for p in pads):
+            return "padding='same' with an even kernel (asymmetric padding) is not supported"
+        return None
+
+    def __init__(self, base, rank, alpha, dropout=0.0, rslora=False):
+        if self.unsupported(base):
+            raise ValueError(self.unsupported(base))
+        nn.Module.__init__(self)
+        for name in self._CONV_ATTRS:
+            setattr(self, name, getattr(base, name))
+        if isinstance(self.padding, str):  # 'valid' / 'same' -> numbers, which the backward needs
+            pads = [d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation)]
+            self.padding = tuple(pads) if self.padding == "same" else (0, 0)
+        self.weight, self.bias = base.weight, base.bias
+        self._init_lora(rank, alpha, dropout, rslora, (rank, self.in_channels, *self.kernel_size),
+                        (self.out_channels, rank, 1, 1))
+
+    def forward(self, x):  # x: (N, in, H, W)
+        conv = (self.stride, self.padding, self.dilation)
+        if not self.lora_enabled:
+            return F.conv2d(x, self.weight, self.bias, *conv)
+        if self._two_paths():
+            low_rank = F.conv2d(F.conv2d(self.lora_dropout(x), self.lora_A, None, *conv), self.lora_B)
+            return F.conv2d(x, self.weight, self.bias, *conv) + self.scaling * low_rank
+        return _MergedLoRAConv2d.apply(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scaling, *conv)
+
+    def to_plain(self):
+        plain = nn.utils.skip_init(nn.Conv2d, self.in_channels, self.out_channels, self.kernel_size,
+                                   stride=self.stride, padding=self.padding, dilation=self.dilation,
+                                   bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
+        return _fill_plain(self, plain)
+
+
+def _fill_plain(lora, plain):
+    # What the layer computes now: with the adapter switched off that is W0 alone.
+    weight = lora.merged_weight() if lora.lora_enabled else lora.weight.detach().clone()
+    plain.weight = nn.Parameter(weight, requires_grad=lora.weight.requires_grad)
+    plain.bias = lora.bias
+    return plain.train(lora.training)
+
+
+# Exact types only: subclasses may override forward (timm's Conv2dSame, StdConv2d) or be bypassed
+# by their owner (nn.MultiheadAttention reads out_proj.weight directly), so wrapping them is unsafe.
+_SUPPORTED = {nn.Linear: LoRALinear, nn.Conv2d: LoRAConv2d}
+
+
+def is_lora_name(name):
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def lora_modules(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _LoRA)]
+
+
+def _prefixes(model, trainable):
+    """`trainable` names -> parameter-name prefixes; "head" also means a timm model's classifier."""
+    trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable or ())
+    cfg = getattr(model, "pretrained_cfg", None)
+    classifier = cfg.get("classifier") if isinstance(cfg, dict) else None
+    prefixes = tuple(classifier if p == "head" and classifier else p for p in trainable)
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [p for p in prefixes if not any(_has_prefix(n, (p,)) for n in names)]
+    if unmatched:
+        raise ValueError(f"trainable={list(trainable)}: {unmatched} match no parameter of "
+                         f"{type(model).__name__} (use trainable=() to train the adapters only)")
+    return prefixes
+
+
+def _has_prefix(name, prefixes):
+    # On dot boundaries: "blocks.1" means block 1, not blocks 10 and 11.
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def apply_lora(model, targets, rank, alpha, dropout=0.0, rslora=False, trainable=("head",)):
+    """Wrap, in place, every nn.Linear / nn.Conv2d whose qualified name fully matches the regex
+    `targets`; freeze every other parameter except those under a `trainable` prefix. Returns model.
+
+    Everything is checked before anything changes: on a ValueError the model is untouched."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank <= 0:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not isinstance(targets, str):  # a list of regexes means any of them
+        targets = "|".join(f"(?:{t})" for t in targets)
+    try:
+        pattern = re.compile(targets)
+    except re.error as e:
+        raise ValueError(f"targets={targets!r} is not a valid regex: {e}") from None
+    prefixes = _prefixes(model, trainable)
+    matches = [(n, m) for n, m in model.named_modules() if n and pattern.fullmatch(n)]
+    if not matches:
+        examples = [n for n, m in model.named_modules() if type(m) in _SUPPORTED][:6]
+        raise ValueError(f"targets={targets!r} matches no module of {type(model).__name__}; "
+                         f"LoRA-able modules include {examples}")
+    for name, module in matches:
+        if isinstance(module, _LoRA):
+            raise ValueError(f"targets={targets!r}: module {name!r} already has LoRA ({type(module).__name__})")
+        if type(module) not in _SUPPORTED:
+            raise ValueError(f"targets={targets!r} matches module {name!r} of type {type(module).__name__}, "
+                             f"which LoRA does not support (only nn.Linear and nn.Conv2d)")
+        reason = _SUPPORTED[type(module)].unsupported(module)
+        if reason:
+            raise ValueError(f"targets={targets!r} matches module {name!r} of type {type(module).__name__}: {reason}")
+    # Everything is valid: from here on nothing fails, so a model is never left half-wrapped.
+    for name, module in matches:
+        parent, _, child = name.rpartition(".")
+        lora = _SUPPORTED[type(module)](module, int(rank), alpha, float(dropout), bool(rslora))
+        setattr(model.get_submodule(parent), child, lora)
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_lora_name(name) or _has_prefix(name, prefixes))
+    return model
+
+
+def merge_lora(model):
+    """A copy of `model` with every adapter folded into its layer (W0 + s·B·A): plain nn.Linear /
+    nn.Conv2d again, so its state dict loads strictly into a fresh model of the original class.
+    `model` itself is left as it is."""
+    merged = copy.deepcopy(model)
+    for name, module in lora_modules(merged):
+        parent, _, child = name.rpartition(".")
+        plain = module.to_plain()
+        if not name:
+            return plain
+        setattr(merged.get_submodule(parent), child, plain)
+    return merged
+
+
+def set_lora_enabled(model, enabled):
+    """Switch every adapter off (the base model, bit for bit) or back on."""
+    modules = lora_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no LoRA layer (call apply_lora first)")
+    for _, module in modules:
+        module.lora_enabled = bool(enabled)
+    return model
+
+
+def lora_state_dict(model):
+    """The adapters plus every other trainable parameter (the new head): what fine-tuning changed."""
+    return {n: p.detach() for n, p in model.named_parameters() if is_lora_name(n) or p.requires_grad}
+
+
+def load_lora_state_dict(model, state):
+    """Strict inverse of lora_state_dict: same keys and shapes, or a ValueError and no change."""
+    own = lora_state_dict(model)
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise ValueError(f"LoRA state does not fit {type(model).__name__}: missing {missing[:5]} "
+                         f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+    wrong = [k for k in own if own[k].shape != state[k].shape]
+    if wrong:
+        raise ValueError(f"LoRA state shape mismatch for {wrong[:5]}: e.g. {tuple(state[wrong[0]].shape)} "
+                         f"in the file, {tuple(own[wrong[0]].shape)} in the model (different rank?)")
+    with torch.no_grad():
+        for k, p in own.items():
+            p.copy_(state[k])
+    return model
+
+
+def save_lora(model, path, metadata=None):
+    """Write lora_state_dict(model) as safetensors (atomically); metadata: str -> str."""
+    state = {k: v.cpu().contiguous() for k, v in lora_state_dict(model).items()}
+    meta = {"format": "pt"}
+    modules = lora_modules(model)
+    if modules:
+        meta.update(rank=str(modules[0][1].rank), alpha=str(modules[0][1].alpha), rslora=str(modules[0][1].rslora))
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def load_lora(model, path):
+    return load_lora_state_dict(model, load_file(str(path), device="cpu"))
+
+
+def count_parameters(model):
+    """{"total", "trainable", "lora", "trainable_pct", "per_module": {top-level name: {"total", "trainable"}}}."""
+    total = trainable = lora = 0
+    per_module = {}
+    for name, p in model.named_parameters():  # shared (tied) parameters count once
+        n = p.numel()
+        part = per_module.setdefault(name.split(".")[0], {"total": 0, "trainable": 0})
+        total += n
+        part["total"] += n
+        lora += n if is_lora_name(name) else 0
+        if p.requires_grad:
+            trainable += n
+            part["trainable"] += n
+    return {"total": total, "trainable": trainable, "lora": lora,
+            "trainable_pct": 100.0 * trainable / max(total, 1), "per_module": per_module}

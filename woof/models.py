@@ -1,0 +1,141 @@
+"""Creating timm models, choosing what trains for each fine-tuning method, saving and loading."""
+import json
+import re
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from woof.io import atomic_path
+
+# Where each timm family keeps its numbered blocks, for `freeze_blocks`.
+_BLOCK_PATTERNS = (r"blocks\.(\d+)\.", r"stages\.(\d+)\.", r"layers\.(\d+)\.", r"layer(\d+)\.")
+
+
+def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=True,
+                 class_indices=None):
+    """A timm model with a `num_classes` head.
+
+    weights: a local safetensors/pth file with the pretrained state dict (air-gapped machines);
+    None downloads timm's default pretrained weights from the hub.
+    class_indices: ImageNet indices of our classes; when given, the new head starts as the
+    matching rows of the pretrained 1000-class head, so the untrained model *is* the zero-shot
+    baseline and fine-tuning starts from it instead of from a random head.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model.name {name!r}: not a timm model (see timm.list_models())")
+    kwargs = {}
+    if pretrained and weights:
+        if not Path(weights).exists():
+            raise FileNotFoundError(f"model.weights {weights} does not exist")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights), custom_load=False)
+    from_imagenet_head = pretrained and class_indices is not None
+    kwargs["num_classes"] = 1000 if from_imagenet_head else num_classes
+    try:
+        # ViT-style models take img_size (and resample their position embeddings); CNNs do not.
+        size = {"img_size": img_size} if img_size else {}
+        model = timm.create_model(name, pretrained=pretrained, **size, **kwargs)
+    except TypeError:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    if from_imagenet_head:
+        old = model.get_classifier()
+        idx = torch.as_tensor(class_indices)
+        model.reset_classifier(num_classes)
+        new = model.get_classifier()
+        with torch.no_grad():
+            new.weight.copy_(old.weight[idx])
+            new.bias.copy_(old.bias[idx])
+    return model
+
+
+def classifier_name(model):
+    return model.pretrained_cfg.get("classifier", "head")
+
+
+def data_config(model, image_size):
+    """timm's preprocessing for this model (mean, std, interpolation, crop_pct) at our image size."""
+    return timm.data.resolve_data_config({"input_size": (3, image_size, image_size)}, model=model)
+
+
+def _expand(prefixes, model):
+    # "head" is what users write; timm calls the classifier "fc" in ResNets.
+    return tuple(classifier_name(model) if p == "head" else p for p in prefixes)
+
+
+def set_trainable(model, trainable=("all",), freeze_blocks=0):
+    """Choose what full fine-tuning trains.
+
+    trainable: ["all"], or name prefixes such as ["head"] (linear probing) or ["head", "blocks.11"].
+    freeze_blocks: freeze everything up to and including block k-1 (patch embedding, position
+    embedding, first k blocks). Frozen leading layers also stop backpropagation: autograd only
+    records ops whose inputs need a gradient, so no activation gradient is computed below block k.
+    """
+    trainable = list(trainable or ["all"])
+    if freeze_blocks < 0:
+        raise ValueError(f"full.freeze_blocks must be >= 0, got {freeze_blocks}")
+    names = [n for n, _ in model.named_parameters()]
+    if trainable != ["all"]:
+        prefixes = _expand(trainable, model)
+        unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+        if unmatched:
+            raise ValueError(f"full.trainable prefixes {unmatched} match no parameter of the model")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith(prefixes))
+    if freeze_blocks:
+        last = -1
+        for i, n in enumerate(names):
+            block = _block_index(n)
+            if block is not None and block < freeze_blocks:
+                last = i
+        if last < 0:
+            raise ValueError(f"full.freeze_blocks={freeze_blocks}: the model has no numbered blocks")
+        blocks = {b for b in map(_block_index, names) if b is not None}
+        if freeze_blocks > len(blocks):
+            raise ValueError(f"full.freeze_blocks={freeze_blocks} but the model has {len(blocks)} blocks")
+        for i, (n, p) in enumerate(model.named_parameters()):
+            if i <= last:
+                p.requires_grad_(False)
+    return model
+
+
+def _block_index(param_name):
+    for pattern in _BLOCK_PATTERNS:
+        m = re.match(pattern, param_name)
+        if m:
+            return int(m.group(1)) - (1 if pattern.startswith("layer(") else 0)
+    return None
+
+
+def only_classifier_trains(model):
+    head = classifier_name(model)
+    return all(n.startswith(head) == p.requires_grad for n, p in model.named_parameters())
+
+
+def save_model(model, out_dir, config, filename="model.safetensors"):
+    """Weights as safetensors plus the config.json needed to rebuild the architecture."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out_dir / filename) as tmp:
+        save_file(state, str(tmp))
+    with atomic_path(out_dir / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_model(model_dir, filename="model.safetensors", device="cpu"):
+    """Rebuild a model saved by `save_model` (architecture from config.json, no download)."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    model = create_model(config["model"], num_classes=config["num_classes"],
+                         img_size=config.get("image_size"), pretrained=False)
+    model.load_state_dict(load_file(str(model_dir / filename), device="cpu"), strict=True)
+    return model.to(device).eval(), config
+
+
+def load_models(root="models", device="cpu"):
+    """The two fine-tuned models of the pipeline, ready for inference: {"full": m, "lora": m}.
+
+    The LoRA model is the merged one (plain timm architecture, no adapter overhead)."""
+    root = Path(root)
+    return {method: load_model(root / method, device=device)[0] for method in ("full", "lora")}
