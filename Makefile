@@ -15,7 +15,7 @@ OFFLINE := -S fetch.url=$(SHARED)/data/imagewoof2-160.tgz \
 MINI    := -S fetch.url=$(SHARED)/data/imagewoof2-mini.tgz -S fetch.sha256=null \
            -S model.weights=$(SHARED)/weights/vit_tiny_patch16_224.safetensors
 
-.PHONY: all repro offline mini test bench sweep pr-report clean-venv
+.PHONY: all repro offline mini test bench sweep comparisons sweep-collect ci-small pr-report clean-venv
 all: repro
 
 $(VENV)/.runtime: requirements.txt
@@ -43,11 +43,35 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev              ## speed and memory table (python -m woof.bench --help)
 	$(PY) -m woof.bench all
 
+RANKS ?= 1 2 4 8 16 32
+LRS   ?= 0.0003 0.001 0.003
 sweep: $(VENV)/.runtime          ## LoRA rank x learning-rate grid through the DVC queue
-	$(PY) -m woof.sweep queue lora
+	$(PY) -m woof.sweep queue lora --ranks $(RANKS) --lrs $(LRS)
 	dvc queue start -j $(JOBS)
 	$(PY) -m woof.sweep wait
 	$(PY) -m woof.sweep collect
+
+compare-%: $(VENV)/.runtime      ## compare-probe | compare-freeze | compare-scratch | compare-fraction | compare-backbone
+	$(PY) -m woof.sweep queue $*
+	dvc queue start -j $(JOBS)
+	$(PY) -m woof.sweep wait
+	$(PY) -m woof.sweep collect
+
+comparisons: $(VENV)/.runtime    ## every comparison and the LoRA grid
+	$(PY) -m woof.sweep queue all
+	dvc queue start -j $(JOBS)
+	$(PY) -m woof.sweep wait
+	$(PY) -m woof.sweep collect
+
+sweep-collect: $(VENV)/.runtime  ## tables and figures from `dvc exp show` only (re-runs nothing)
+	$(PY) -m woof.sweep collect
+
+# The small configuration pull requests are checked on (.github/workflows/pr-report.yml):
+# 5% of the 160 px training images, 64 px, one epoch each.
+SMALL := -S fetch.url=https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-160.tgz \
+         -S data.train_fraction=0.05 -S data.image_size=64 -S full.epochs=1 -S lora.epochs=1
+ci-small: $(VENV)/.runtime
+	dvc exp run $(SMALL)
 
 pr-report: $(VENV)/.runtime      ## Markdown of metric/param diffs against BASE, for a pull request
 	$(PY) -m woof.sweep pr-report --base $(BASE) --out pr-report.md

@@ -5,9 +5,6 @@ no data): full fine-tuning, linear probing, LoRA at the configured rank and targ
 (cost.freeze_blocks, else full.freeze_blocks, else half the blocks). Logic and definitions in woof/analysis.py.
 """
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python stages/cost.py` finds woof/
 
 import torch
 

@@ -1,6 +1,8 @@
 """Sweep helpers: the grid commands, parsing `dvc exp show --csv`, the figures, and the
 pull-request report on a real temporary git + DVC repository."""
+import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -196,8 +198,7 @@ def test_pr_report_on_two_commits(tmp_path):
 
     # And through the command line, against a base with no difference.
     subprocess.run([sys.executable, "-m", "woof.sweep", "pr-report", "--base", "HEAD", "--out", "same.md"],
-                   cwd=repo, check=True, capture_output=True, env={**__import__("os").environ,
-                                                                   "PYTHONPATH": str(ROOT)})
+                   cwd=repo, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     same = (repo / "same.md").read_text()
     assert "No metric changed." in same and "No parameter changed." in same and "No plot changed." in same
 
@@ -210,7 +211,7 @@ def test_queue_runs_lora_grid_without_retraining_train_full(tmp_path):
     base_run = json.loads((repo / "metrics" / "train_full.json").read_text())["run_id"]
     sweep.queue(["lora"], run=True, cwd=repo, ranks=(2, 16), lrs=(0.01,), poll_s=2)
     csv = _dvc(repo, "exp", "show", "--csv", "--precision", "20")
-    raw = pd.read_csv(__import__("io").StringIO(csv), dtype=str)
+    raw = pd.read_csv(io.StringIO(csv), dtype=str)
     exps = raw[raw.Experiment.fillna("").str.startswith("lora-")]
     assert set(exps.Experiment) == {"lora-r2-lr0.01", "lora-r16-lr0.01"}
     # DVC reused the cached train_full: the same run_id as the baseline, in every experiment.

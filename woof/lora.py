@@ -106,13 +106,14 @@ class _LoRA:
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as PEFT (and nn.Linear) do
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_enabled = True
+        self.fused = True  # False: always the classic two-branch forward (a reference, for tests and ablations)
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
 
     def _two_paths(self):
         # Dropout acts on the adapter's input only, so W0 cannot absorb B·A: run both branches.
-        return self.training and isinstance(self.lora_dropout, nn.Dropout)
+        return not self.fused or (self.training and isinstance(self.lora_dropout, nn.Dropout))
 
     def merged_weight(self):
         """W0 + s·B·A, shaped like W0."""

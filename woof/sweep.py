@@ -1,6 +1,7 @@
 """Sweeps and comparisons with DVC experiments, and the metric diff for pull requests.
 
     python -m woof.sweep queue [lora probe freeze scratch fraction backbone | all] [--dry-run] [--run -j 1]
+    python -m woof.sweep wait               # after `dvc queue start`: until nothing is queued or running
     python -m woof.sweep collect            # dvc exp show --csv -> metrics/sweep*.csv, plots/sweep*.png, sweep.md
     python -m woof.sweep pr-report --base main --out pr-report.md
 
@@ -76,7 +77,10 @@ def _value(v):
         return "[" + ",".join(_value(x) for x in v) + "]"
     if isinstance(v, str) and not v.replace("_", "").replace("-", "").isalnum():
         return "'" + v + "'"  # regexes: quoted, so [ ] \ are not Hydra syntax
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):  # 1.0 stays a float in params.yaml, not the int 1
+        s = f"{v:g}"
+        return s if any(c in s for c in ".en") else s + ".0"
+    return str(v)
 
 
 def grid(comparison, ranks=RANKS, lrs=LRS, freeze_blocks=FREEZE_BLOCKS, fractions=FRACTIONS,
@@ -147,14 +151,21 @@ def queue(comparisons, dry_run=False, run=False, jobs=1, copy_paths=(), timeout_
 
 def run_queue(jobs=1, timeout_s=48 * 3600, poll_s=10, cwd=None):
     """`dvc queue start -j jobs`, then wait until nothing is queued or running."""
-    print(f"dvc queue start -j {jobs}  (logs: .dvc/tmp/exps/celery/dvc-exp-worker-*.out, `dvc queue logs NAME`)")
+    print(f"dvc queue start -j {jobs}")
     dvc("queue", "start", "-j", str(jobs), cwd=cwd)
+    return wait(timeout_s, poll_s, cwd=cwd)
+
+
+def wait(timeout_s=48 * 3600, poll_s=10, cwd=None):
+    """Poll `dvc queue status` until no experiment is queued or running; return the last status."""
+    print("waiting for the DVC queue (worker logs: .dvc/tmp/exps/celery/dvc-exp-worker-*.out; "
+          "one experiment: `dvc queue logs NAME`)", flush=True)
     start = time.time()
     while True:
         status = dvc("queue", "status", cwd=cwd)
-        states = [line.split()[-1] for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
-        busy = sum(s in ("Queued", "Running") for s in states)
-        if not busy:
+        states = [line.split()[-1] for line in status.splitlines()[1:]
+                  if line.strip() and not line.startswith("Worker")]
+        if not any(s in ("Queued", "Running") for s in states):
             break
         if time.time() - start > timeout_s:
             raise TimeoutError(f"queue still busy after {timeout_s} s:\n{status}")
@@ -471,6 +482,10 @@ def changed_plots(base, plots_dir="plots", cwd=None):
     return out
 
 
+def _short(rev):
+    return rev[:8] if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev) else rev
+
+
 def render_plot(path, old, new, base, out_dir):
     """A PNG for one changed plot, with the project's plotting code; None if there is none."""
     from woof import report
@@ -480,7 +495,7 @@ def render_plot(path, old, new, base, out_dir):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(new)  # already a figure made by the pipeline
         return out
-    versions = [(f"{base}", old), ("this PR", new)]
+    versions = [(_short(base), old), ("this PR", new)]
     frames = [(label, pd.read_csv(io.BytesIO(b))) for label, b in versions if b is not None]
     if not frames:
         return None
@@ -511,7 +526,7 @@ def pr_report(base="main", out="pr-report.md", plots_dir="plots", cwd=None):
         metrics_md = ""
     if not any(json.loads(dvc("params", "diff", base, "--json", cwd=cwd) or "{}").values()):
         params_md = ""
-    lines = [f"## DVC report: this branch vs `{base}`", ""]
+    lines = [f"## DVC report: this branch vs `{_short(base)}`", ""]
     headline = []
     for file, entries in metrics.items():
         for key, v in entries.items():
@@ -532,7 +547,8 @@ def pr_report(base="main", out="pr-report.md", plots_dir="plots", cwd=None):
         state = "added" if old is None else "removed" if new is None else "changed"
         png = render_plot(path, old, new, base, Path(cwd or ".") / fig_dir) if new is not None else None
         if png is not None:
-            lines += [f"- `{path}` ({state})", "", f"  ![{path}]({fig_dir / png.name})", ""]
+            # Linked relative to the Markdown file, next to which the folder lies.
+            lines += [f"- `{path}` ({state})", "", f"  ![{path}]({fig_dir.name}/{png.name})", ""]
         else:
             lines += [f"- `{path}` ({state})"]
     with atomic_path(Path(cwd or ".") / out) as tmp:
@@ -558,6 +574,8 @@ def main(argv=None):
     q.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
     q.add_argument("--run", action="store_true", help="then `dvc queue start` and wait")
     q.add_argument("-j", "--jobs", type=int, default=1, help="queue workers (more than 1 has raced in DVC)")
+    w = sub.add_parser("wait", help="wait until the DVC queue has nothing queued or running")
+    w.add_argument("--timeout-h", type=float, default=48)
     c = sub.add_parser("collect", help="tables and figures from `dvc exp show --csv`")
     c.add_argument("--csv", help="a saved `dvc exp show --csv` output instead of running it")
     c.add_argument("--all-commits", action="store_true", help="experiments of every commit, not just HEAD")
@@ -576,6 +594,8 @@ def main(argv=None):
               ranks=args.ranks, lrs=args.lrs, freeze_blocks=args.freeze_blocks, fractions=args.fractions,
               backbone=args.backbone, backbone_targets=args.backbone_targets,
               backbone_weights=args.backbone_weights)
+    elif args.cmd == "wait":
+        wait(args.timeout_h * 3600)
     elif args.cmd == "collect":
         if args.csv:
             text = Path(args.csv).read_text()

@@ -1,0 +1,366 @@
+"""woof.lora: exactness at init, freezing, merging, checkpoints, parameter counts, PEFT parity,
+input validation, and the fused autograd function against the textbook two-branch formulation."""
+import copy
+import functools
+import re
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from woof.lora import (LoRAConv2d, LoRALinear, _MergedLoRAConv2d, _MergedLoRALinear, apply_lora,
+                       count_parameters, is_lora_name, load_lora, load_lora_state_dict, lora_modules,
+                       lora_state_dict, merge_lora, save_lora, set_lora_enabled)
+
+VIT_TARGETS = r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+QKV = r"blocks\.\d+\.attn\.qkv"
+RESNET_TARGETS = r"layer\d\.\d\.conv[12]"
+
+
+class LeNet5(nn.Module):
+    """The classic exercise: 28x28 input, 44,426 parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.pool = nn.AvgPool2d(2)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(256, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):  # (B, 1, 28, 28)
+        x = self.pool(torch.tanh(self.conv1(x)))  # (B, 6, 12, 12)
+        x = self.pool(torch.tanh(self.conv2(x)))  # (B, 16, 4, 4)
+        x = torch.tanh(self.fc1(x.flatten(1)))
+        return self.fc3(torch.tanh(self.fc2(x)))
+
+
+@functools.cache
+def _vit(img_size):
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=img_size)
+
+
+@functools.cache
+def _resnet():
+    torch.manual_seed(0)
+    # zero_init_last=False: timm zeroes each block's last BatchNorm scale, which would zero every conv gradient
+    return timm.create_model("resnet18", pretrained=False, num_classes=10, zero_init_last=False)
+
+
+def vit(img_size=32):  # random weights, built once (the init is the slow part), a fresh copy per call
+    return copy.deepcopy(_vit(img_size))
+
+
+def resnet():
+    return copy.deepcopy(_resnet())
+
+
+MODELS = {"vit": (vit, VIT_TARGETS), "resnet": (resnet, RESNET_TARGETS)}
+
+
+def images(n=2, size=32, channels=3, seed=1):  # 32 px: 4 patches for the ViT, 1x1 at the ResNet's end
+    return torch.randn(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def randomize_adapters(model, std=0.05, seed=2):
+    """B starts at zero, which would make merge tests vacuous: give every adapter a real update."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * std)
+
+
+def set_fused(model, fused):
+    for _, m in lora_modules(model):
+        m.fused = fused
+
+
+def snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [(n, type(m)) for n, m in model.named_modules()],
+            {n: p.requires_grad for n, p in model.named_parameters()})
+
+
+def assert_same_snapshot(a, b):
+    assert a[0].keys() == b[0].keys()
+    assert all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+    assert a[1] == b[1] and a[2] == b[2]
+
+
+# ---- exactness, freezing, training
+
+@pytest.mark.parametrize("name", MODELS)
+def test_identical_at_init_frozen_base_and_switch_off_after_training(name):
+    make, targets = MODELS[name]
+    model = make().eval()  # eval: ResNet's BatchNorm statistics are buffers, they would move in train mode
+    x = images()
+    with torch.no_grad():
+        original_out, original_features = model(x), model.forward_features(x)
+    base = {n: p.clone() for n, p in model.named_parameters()}
+    apply_lora(model, targets, rank=4, alpha=8)
+    with torch.no_grad():
+        assert torch.equal(model(x), original_out)
+
+    head = model.pretrained_cfg["classifier"]  # "head" for the ViT, "fc" for the ResNet
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)  # all of them: freezing must hold anyway
+    labels = torch.tensor([3, 7])
+    for _ in range(20):
+        F.cross_entropy(model(x), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for n, p in model.named_parameters():
+        if is_lora_name(n) or n.startswith(head + "."):
+            assert p.requires_grad and not torch.equal(p, base.get(n, torch.zeros_like(p))), n
+        else:
+            assert not p.requires_grad and p.grad is None and torch.equal(p, base[n]), n
+
+    set_lora_enabled(model, False)
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), original_features)
+    set_lora_enabled(model, True)
+    with torch.no_grad():
+        assert not torch.equal(model.forward_features(x), original_features)
+
+
+def test_head_means_the_classifier_and_prefixes_are_literal_for_plain_modules():
+    model = apply_lora(resnet(), RESNET_TARGETS, rank=2, alpha=2)
+    assert model.fc.weight.requires_grad and not model.conv1.weight.requires_grad
+    lenet = apply_lora(LeNet5(), "fc1", rank=2, alpha=2, trainable=("fc3",))
+    assert [n for n, p in lenet.named_parameters() if p.requires_grad] == [
+        "fc1.lora_A", "fc1.lora_B", "fc3.weight", "fc3.bias"]
+
+
+def test_naming_contract():
+    model = apply_lora(vit(), QKV, rank=8, alpha=16)
+    keys = model.state_dict().keys()
+    assert {"blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias", "blocks.0.attn.qkv.lora_A",
+            "blocks.0.attn.qkv.lora_B"} <= keys
+    assert isinstance(model.blocks[0].attn.qkv, nn.Linear)  # drop-in: still an nn.Linear
+    assert set(lora_state_dict(model)) == {k for k in keys if "lora_" in k} | {"head.weight", "head.bias"}
+
+
+# ---- merging
+
+@pytest.mark.parametrize("name", MODELS)
+def test_merged_model_matches_two_branch_model_and_loads_into_timm(name):
+    make, targets = MODELS[name]
+    model = apply_lora(make().eval(), targets, rank=4, alpha=8)
+    randomize_adapters(model)
+    x = images()
+    merged = merge_lora(model)
+    assert not lora_modules(merged) and lora_modules(model)  # the original keeps its adapters
+    set_fused(model, False)  # the textbook h = W0·x + s·B·A·x, computed separately
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), model(x), rtol=0, atol=1e-5)
+    fresh = timm.create_model("vit_tiny_patch16_224" if name == "vit" else "resnet18",
+                              pretrained=False, num_classes=10, **({"img_size": 32} if name == "vit" else {}))
+    fresh.load_state_dict(merged.state_dict(), strict=True)
+    assert type(fresh.state_dict()) is type(merged.state_dict())
+
+
+@pytest.mark.parametrize("conv", [dict(stride=2, padding=1), dict(stride=1, padding=2, dilation=2),
+                                  dict(stride=2, padding=0, bias=False), dict(padding="same")])
+def test_conv_merge(conv):
+    torch.manual_seed(0)
+    layer = LoRAConv2d(nn.Conv2d(3, 8, 3, **conv), rank=4, alpha=8)
+    randomize_adapters(layer)
+    x = images(size=11)
+    s = layer.scaling
+    two_branch = (F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation)
+                  + s * F.conv2d(F.conv2d(x, layer.lora_A, None, layer.stride, layer.padding, layer.dilation),
+                                 layer.lora_B))
+    merged = merge_lora(layer)
+    assert type(merged) is nn.Conv2d
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), two_branch, rtol=0, atol=1e-5)
+        torch.testing.assert_close(layer(x), two_branch, rtol=0, atol=1e-5)
+
+
+def test_linear_merge_and_switched_off_merge():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(16, 12), rank=4, alpha=4, rslora=True)
+    assert layer.scaling == 2.0  # alpha / sqrt(r)
+    randomize_adapters(layer)
+    x = torch.randn(5, 3, 16)
+    two_branch = F.linear(x, layer.weight, layer.bias) + 2.0 * (x @ layer.lora_A.T @ layer.lora_B.T)
+    with torch.no_grad():
+        torch.testing.assert_close(merge_lora(layer)(x), two_branch, rtol=0, atol=1e-5)
+        set_lora_enabled(layer, False)
+        assert torch.equal(merge_lora(layer).weight, layer.weight)
+
+
+# ---- checkpoints
+
+def test_adapter_round_trip_and_size(tmp_path):
+    base = vit()
+    model = apply_lora(copy.deepcopy(base), QKV, rank=8, alpha=16)
+    randomize_adapters(model)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    path = tmp_path / "adapter.safetensors"
+    save_lora(model, path)
+    assert path.stat().st_size < 400_000  # the whole model is about 22 MB
+
+    torch.manual_seed(123)  # different A initialisation: the file must overwrite it
+    restored = load_lora(apply_lora(copy.deepcopy(base), QKV, rank=8, alpha=16), path)
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(x), model.eval()(x))
+
+    other_rank = apply_lora(copy.deepcopy(base), QKV, rank=4, alpha=16)
+    before = snapshot(other_rank)
+    with pytest.raises(ValueError, match="shape"):
+        load_lora(other_rank, path)
+    assert_same_snapshot(before, snapshot(other_rank))
+    with pytest.raises(ValueError, match="missing"):
+        load_lora_state_dict(apply_lora(copy.deepcopy(base), VIT_TARGETS, rank=8, alpha=16), lora_state_dict(model))
+
+
+# ---- parameter counts
+
+def test_parameter_counts_lenet():
+    lenet = LeNet5()
+    assert count_parameters(lenet)["total"] == 44_426
+    assert lenet(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    for n, p in lenet.named_parameters():
+        p.requires_grad_(n.startswith("fc3."))  # linear probing
+    assert count_parameters(lenet)["trainable"] == 850
+    counts = count_parameters(apply_lora(LeNet5(), r"fc[123]", rank=2, alpha=2, trainable=()))
+    assert counts["trainable"] == counts["lora"] == 1_348
+    assert counts["total"] == 44_426 + 1_348
+    assert counts["per_module"]["fc1"] == {"total": 30_840 + 752, "trainable": 752}
+
+
+def test_parameter_counts_vit_tiny():
+    model = vit(img_size=224)  # the position embedding's size depends on the image size
+    assert count_parameters(model)["total"] == 5_526_346
+    counts = count_parameters(apply_lora(model, QKV, rank=8, alpha=16))
+    assert counts["trainable"] == 75_658
+    assert counts["total"] == 5_526_346 + 12 * 8 * (192 + 576)
+
+
+# ---- HF PEFT parity
+
+@pytest.mark.parametrize("name,rslora", [("vit", False), ("vit", True), ("resnet", False)])
+def test_matches_peft(name, rslora):
+    peft = pytest.importorskip("peft")
+    make, targets = MODELS[name]
+    base = make().eval()
+    ours = apply_lora(copy.deepcopy(base), targets, rank=4, alpha=8, rslora=rslora)
+    randomize_adapters(ours)
+    head = base.pretrained_cfg["classifier"]
+    config = peft.LoraConfig(target_modules=targets, r=4, lora_alpha=8, use_rslora=rslora,
+                             modules_to_save=[head])
+    theirs = peft.get_peft_model(copy.deepcopy(base), config).eval()
+    theirs_params = dict(theirs.named_parameters())
+    with torch.no_grad():
+        for n, m in lora_modules(ours):
+            for ab in ("lora_A", "lora_B"):
+                theirs_params[f"base_model.model.{n}.{ab}.default.weight"].copy_(getattr(m, ab))
+        x = images()
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+    assert count_parameters(ours)["trainable"] == count_parameters(theirs)["trainable"]
+
+
+# ---- validation: a clear ValueError and an untouched model
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(rank=0), "rank"), (dict(rank=-2), "rank"), (dict(rank=2.5), "rank"),
+    (dict(alpha=0), "alpha"), (dict(alpha=-1.0), "alpha"),
+    (dict(dropout=-0.1), "dropout"), (dict(dropout=1.0), "dropout"),
+    (dict(targets=r"blocks\.\d+\.attn\.nothing"), "matches no module"),
+    (dict(targets="("), "not a valid regex"),
+    (dict(targets=r"blocks\.0\.norm1"), r"blocks\.0\.norm1.*LayerNorm"),
+    (dict(targets=r"blocks\.0\.(attn|mlp\.fc1)"), r"blocks\.0\.attn.*Attention"),
+    (dict(targets=r"blocks\.0\.attn\.qkv|blocks\.0\.mlp"), r"blocks\.0\.mlp.*Mlp"),
+    (dict(trainable=("heads",)), "trainable"),
+])
+def test_bad_input_raises_and_leaves_model_untouched(kwargs, match):
+    model = vit()
+    before = snapshot(model)
+    args = dict(targets=VIT_TARGETS, rank=4, alpha=8) | kwargs
+    with pytest.raises(ValueError, match=match):
+        apply_lora(model, **args)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_unsupported_convolutions_and_double_wrapping():
+    depthwise = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 8, 1))
+    before = snapshot(depthwise)
+    with pytest.raises(ValueError, match=r"'0'.*Conv2d.*groups"):
+        apply_lora(depthwise, r"\d", rank=2, alpha=2, trainable=())
+    assert_same_snapshot(before, snapshot(depthwise))
+
+    model = apply_lora(vit(), QKV, rank=4, alpha=8)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="already has LoRA"):
+        apply_lora(model, QKV, rank=4, alpha=8)
+    assert_same_snapshot(before, snapshot(model))
+    with pytest.raises(ValueError, match="no LoRA layer"):
+        set_lora_enabled(vit(), False)
+
+
+# ---- the fused autograd functions
+
+def test_fused_functions_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    # Linear with (B, N, C) input; every input needs a gradient, so every branch of backward runs.
+    assert torch.autograd.gradcheck(_MergedLoRALinear.apply,
+                                    (rand(2, 3, 5), rand(4, 5), rand(4), rand(2, 5), rand(4, 2), 1.5))
+    # Convolution with stride 2, padding 1, dilation 1 and with dilation 2.
+    for stride, padding, dilation in [((2, 2), (1, 1), (1, 1)), ((1, 1), (2, 2), (2, 2))]:
+        assert torch.autograd.gradcheck(
+            _MergedLoRAConv2d.apply, (rand(2, 3, 6, 6), rand(4, 3, 3, 3), rand(4), rand(2, 3, 3, 3),
+                                      rand(4, 2, 1, 1), 0.5, stride, padding, dilation))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fused_gradients_match_two_branch_gradients(name):
+    make, targets = MODELS[name]
+    model = apply_lora(make().eval().double(), targets, rank=4, alpha=8)
+    randomize_adapters(model)
+    x, labels = images().double(), torch.tensor([1, 2])
+    grads = []
+    for fused in (True, False):
+        set_fused(model, fused)
+        model.zero_grad()
+        F.cross_entropy(model(x), labels).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 2
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-9, atol=1e-12, msg=n)
+
+
+def test_dropout_uses_two_branches_in_training_only():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(32, 16), rank=4, alpha=4, dropout=0.5)
+    randomize_adapters(layer, std=1.0)
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        assert not torch.equal(layer(x), layer(x))  # fresh dropout masks
+        layer.eval()
+        torch.testing.assert_close(layer(x), merge_lora(layer)(x), rtol=0, atol=1e-5)
+
+
+def test_autocast_bf16_trains_float32_adapters():
+    model = apply_lora(vit(), VIT_TARGETS, rank=4, alpha=8)
+    randomize_adapters(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(images()), torch.tensor([0, 1]))
+    loss.backward()
+    qkv = model.blocks[3].attn.qkv
+    assert qkv.lora_A.grad.dtype == qkv.lora_B.grad.dtype == torch.float32
+    assert qkv.lora_A.grad.abs().sum() > 0 and qkv.lora_B.grad.abs().sum() > 0
+
+
+def test_lora_on_lenet_convolutions_merges():
+    model = apply_lora(LeNet5(), r"conv[12]", rank=2, alpha=4, trainable=())
+    randomize_adapters(model)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        merged = merge_lora(model)
+        set_fused(model, False)
+        torch.testing.assert_close(merged(x), model(x), rtol=0, atol=1e-5)
+    assert re.fullmatch(r"LeNet5", type(merged).__name__)
