@@ -45,22 +45,17 @@ bench: $(VENV)/.dev              ## speed and memory table (python -m woof.bench
 
 RANKS ?= 1 2 4 8 16 32
 LRS   ?= 0.0003 0.001 0.003
+# `queue --run` queues the experiments, starts $(JOBS) DVC queue workers and waits for them.
 sweep: $(VENV)/.runtime          ## LoRA rank x learning-rate grid through the DVC queue
-	$(PY) -m woof.sweep queue lora --ranks $(RANKS) --lrs $(LRS)
-	dvc queue start -j $(JOBS)
-	$(PY) -m woof.sweep wait
+	$(PY) -m woof.sweep queue lora --ranks $(RANKS) --lrs $(LRS) --run -j $(JOBS)
 	$(PY) -m woof.sweep collect
 
 compare-%: $(VENV)/.runtime      ## compare-probe | compare-freeze | compare-scratch | compare-fraction | compare-backbone
-	$(PY) -m woof.sweep queue $*
-	dvc queue start -j $(JOBS)
-	$(PY) -m woof.sweep wait
+	$(PY) -m woof.sweep queue $* --run -j $(JOBS)
 	$(PY) -m woof.sweep collect
 
 comparisons: $(VENV)/.runtime    ## every comparison and the LoRA grid
-	$(PY) -m woof.sweep queue all
-	dvc queue start -j $(JOBS)
-	$(PY) -m woof.sweep wait
+	$(PY) -m woof.sweep queue all --run -j $(JOBS)
 	$(PY) -m woof.sweep collect
 
 sweep-collect: $(VENV)/.runtime  ## tables and figures from `dvc exp show` only (re-runs nothing)

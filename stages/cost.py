@@ -2,15 +2,15 @@
 
 Counting needs only the architecture, so the model is built with random weights (no download,
 no data): full fine-tuning, linear probing, LoRA at the configured rank and targets, and frozen-k
-(cost.freeze_blocks, else full.freeze_blocks, else half the blocks). Logic and definitions in woof/analysis.py.
+(cost.freeze_blocks, else half the blocks, at most all of them). Logic and definitions in woof/analysis.py.
 """
 import sys
 
 import torch
 
 from woof import analysis
-from woof.io import load_params
-from woof.models import create_model
+from woof.io import load_params, write_json
+from woof.models import create_model, num_blocks
 
 
 def main(params_path="params.yaml", out="metrics/cost.json"):
@@ -22,11 +22,11 @@ def main(params_path="params.yaml", out="metrics/cost.json"):
     def factory():
         return create_model(name, num_classes=10, img_size=image_size, pretrained=False)
 
-    methods = analysis.methods_from_params(params, blocks=analysis.num_blocks(factory()))
+    methods = analysis.methods_from_params(params, blocks=num_blocks(factory()))
     table = analysis.cost_table(factory, methods,
                                 batch_size=cost.get("batch_size", 32), image_size=image_size,
                                 device=cost.get("device", "cpu"))
-    analysis.write_cost(out, table)
+    write_json(out, table)
     print(analysis.format_table(table))
 
 

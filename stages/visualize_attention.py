@@ -3,21 +3,38 @@
 Reads data/prepared/val.safetensors + classes.json, the pretrained weights and models/{full,lora};
 writes plots/attention_cls.png, plots/attention_rollout.png and metrics/attention.json.
 The maps are functions in woof/attention.py; this script only wires them to the pipeline files.
+A model without attention maps (a CNN backbone such as resnet18) gets {"skipped": reason} and
+placeholder figures: the stage still succeeds, so `dvc exp run -S model.name=resnet18` completes.
 """
 import torch
 
 from woof import attention
 from woof.data import load_classes, load_split, normalize
+from woof.evaluate import predict
 from woof.io import load_params, write_json
 from woof.models import create_model, data_config, load_model
 
 VAL, CLASSES = "data/prepared/val.safetensors", "data/prepared/classes.json"
+PLOTS = {"cls": "plots/attention_cls.png", "rollout": "plots/attention_rollout.png"}
+METRICS = "metrics/attention.json"
+
+
+def skip(reason):
+    for path in PLOTS.values():
+        attention.placeholder(path, f"No attention maps: {reason}")
+    write_json(METRICS, {"skipped": reason})
+    print(f"visualize_attention skipped: {reason}")
 
 
 def main():
     params = load_params()
     p_att, p_model, size = params.get("attention", {}), params["model"], params["data"]["image_size"]
     num_images, seed = p_att.get("num_images", 8), p_att.get("seed", 0)
+
+    # The architecture alone (random weights, no download) says whether there is anything to draw.
+    reason = attention.unsupported(create_model(p_model["name"], img_size=size, pretrained=False))
+    if reason:
+        return skip(f"{p_model['name']} {reason}")
 
     images, labels = load_split(VAL)  # uint8 (N, 3, S, S), int64 (N,)
     classes = load_classes(CLASSES)
@@ -41,20 +58,21 @@ def main():
         x = normalize(images, cfg["mean"], cfg["std"])  # (B, 3, S, S) float32
         cls_maps[name] = attention.cls_attention(model, x)  # (B, heads, h, w)
         rollout_maps[name] = attention.gradient_rollout(model, x, labels)  # (B, h, w)
-        pred, conf = attention.predict(model, x)
+        # fp32 on CPU, like the maps: the confidence printed over a map is from the same forward pass.
+        logits, _ = predict(model, images, cfg, batch_size=len(images))  # (B, classes)
+        conf, pred = logits.softmax(-1).max(-1)
         preds[name] = [(names[p], c) for p, c in zip(pred.tolist(), conf.tolist())]
         print(f"{name}: {sum(p == names[t] for (p, _), t in zip(preds[name], labels.tolist()))}"
               f"/{len(labels)} of the shown images right")
 
     true_names = [names[t] for t in labels.tolist()]
-    attention.attention_grid("plots/attention_cls.png", images,
-                             {k: m.mean(1) for k, m in cls_maps.items()}, true_names, preds,
-                             title="Last-layer CLS attention (mean over heads)")
-    attention.attention_grid("plots/attention_rollout.png", images, rollout_maps, true_names, preds,
+    attention.attention_grid(PLOTS["cls"], images, {k: m.mean(1) for k, m in cls_maps.items()},
+                             true_names, preds, title="Last-layer CLS attention (mean over heads)")
+    attention.attention_grid(PLOTS["rollout"], images, rollout_maps, true_names, preds,
                              title="Gradient-weighted attention rollout for the true class")
     metrics = attention.attention_metrics(cls_maps, rollout_maps)
     metrics["num_images"] = len(idx)
-    write_json("metrics/attention.json", metrics)
+    write_json(METRICS, metrics)
     print({k: v for k, v in metrics.items() if k in models})
 
 

@@ -1,51 +1,34 @@
-"""Parameter / FLOP / memory accounting, checked on the classic LeNet-5 exercise."""
+"""Parameter / FLOP / memory accounting, checked on the classic LeNet-5 exercise, a small ViT and
+the cost stage on a ResNet; plus the woof.models helpers the accounting builds on."""
 import json
+import runpy
 
 import pytest
+import timm
 import torch
+import yaml
 from torch import nn
 
+from conftest import ROOT, LeNet5
 from woof import analysis
-
-
-class LeNet5(nn.Module):
-    """28x28 grey input; 44,426 parameters."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)  # (B, 6, 24, 24)
-        self.conv2 = nn.Conv2d(6, 16, 5)  # (B, 16, 8, 8)
-        self.pool = nn.AvgPool2d(2)
-        self.fc1 = nn.Linear(256, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(torch.relu(self.conv1(x)))  # (B, 6, 12, 12)
-        x = self.pool(torch.relu(self.conv2(x)))  # (B, 16, 4, 4)
-        x = x.flatten(1)  # (B, 256)
-        x = torch.relu(self.fc1(x))
-        x = torch.relu(self.fc2(x))
-        return self.fc3(x)
-
+from woof.lora import count_parameters
+from woof.models import create_model, num_blocks
 
 FULL = {}
 PROBE = {"trainable": ["fc3"]}
 LORA = {"lora": {"targets": ["fc1", "fc2", "fc3"], "rank": 2, "alpha": 2, "trainable": ()}}
 
 
+def counts(model):
+    c = count_parameters(model)
+    return c["total"], c["trainable"]
+
+
 def test_lenet_parameter_counts():
-    full = analysis.count_parameters(analysis.prepare(LeNet5(), FULL))
-    assert full == {"total": 44_426, "trainable": 44_426}
-    probe = analysis.count_parameters(analysis.prepare(LeNet5(), PROBE))
-    assert probe == {"total": 44_426, "trainable": 850}
-
-
-def test_lenet_lora_parameter_counts():
-    pytest.importorskip("woof.lora")
-    lora = analysis.count_parameters(analysis.prepare(LeNet5(), LORA))
+    assert counts(analysis.prepare(LeNet5(), FULL)) == (44_426, 44_426)
+    assert counts(analysis.prepare(LeNet5(), PROBE)) == (44_426, 850)
     # 2*(256+120) + 2*(120+84) + 2*(84+10): adapters only, the base stays frozen.
-    assert lora == {"total": 44_426 + 1_348, "trainable": 1_348}
+    assert counts(analysis.prepare(LeNet5(), LORA)) == (44_426 + 1_348, 1_348)
 
 
 def test_linear_flops():
@@ -54,15 +37,10 @@ def test_linear_flops():
     assert analysis.count_flops(lambda: layer(x)) == 2 * 4 * 32 * 16
 
 
-def test_cost_table_on_lenet(tmp_path):
-    methods = {"full": FULL, "linear_probe": PROBE}
-    try:
-        import woof.lora  # noqa: F401
-        methods["lora"] = LORA
-    except ImportError:
-        pass
+def test_cost_table_on_lenet():
+    methods = {"full": FULL, "linear_probe": PROBE, "lora": LORA}
     table = analysis.cost_table(LeNet5, methods, batch_size=8, image_size=28, in_chans=1)
-    full, probe = table["full"], table["linear_probe"]
+    full, probe, lora = table["full"], table["linear_probe"], table["lora"]
     assert full["total_params"] == 44_426 and probe["trainable_params"] == 850
     # A frozen backbone skips weight gradients and the backward below fc3.
     assert probe["train_flops"] < full["train_flops"]
@@ -75,13 +53,9 @@ def test_cost_table_on_lenet(tmp_path):
         # The peak holds at least the weights, the optimiser state and the gradients.
         assert row["measured_peak_mb"] >= row["weights_mb"] + row["optimizer_mb"]
     assert probe["activations_mb"] < full["activations_mb"]
-    if "lora" in table:
-        assert table["lora"]["trainable_params"] == 1_348
-        assert table["lora"]["rank"] == 2
-        assert probe["train_flops"] < table["lora"]["train_flops"] < full["train_flops"]
-        assert table["lora"]["inference_flops"] == full["inference_flops"]  # merged for inference
-    analysis.write_cost(tmp_path / "cost.json", table)
-    assert json.loads((tmp_path / "cost.json").read_text())["full"]["total_params"] == 44_426
+    assert lora["trainable_params"] == 1_348 and lora["rank"] == 2
+    assert probe["train_flops"] < lora["train_flops"] < full["train_flops"]
+    assert lora["inference_flops"] == full["inference_flops"]  # merged for inference
     assert "| full |" in analysis.format_table(table)
 
 
@@ -97,7 +71,6 @@ def test_live_tensor_memory_counts_allocations():
 
 
 def test_freeze_blocks_on_tiny_vit():
-    import timm
     # A 4-block ViT-Tiny keeps the test fast; the accounting does not depend on depth.
     make = lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,  # noqa: E731
                                      depth=4, num_classes=10)
@@ -109,3 +82,53 @@ def test_freeze_blocks_on_tiny_vit():
     assert probe["train_flops"] < frozen["train_flops"] < full["train_flops"]
     assert full["inference_flops"] == frozen["inference_flops"]
     assert frozen["freeze_blocks"] == 2
+
+
+def test_cost_stage_on_resnet18(tmp_path):
+    """cost.freeze_blocks is set for ViT-Tiny's 12 blocks; a ResNet has 4 stages: clamp, not crash.
+    LoRA goes on the ResNet's 3x3 convolutions."""
+    params = {"model": {"name": "resnet18"}, "data": {"image_size": 32},
+              "lora": {"targets": r"layer\d\.\d\.conv[12]", "rank": 2, "alpha": 4},
+              "cost": {"batch_size": 2, "freeze_blocks": 6}}
+    assert analysis.methods_from_params(params, blocks=4)["frozen"] == {"freeze_blocks": 4}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "cost.json"
+    # runpy: the stage script as dvc runs it, without needing the repository root on sys.path
+    runpy.run_path(str(ROOT / "stages" / "cost.py"))["main"](str(tmp_path / "params.yaml"), str(out))
+    table = json.loads(out.read_text())
+    assert set(table) == {"full", "linear_probe", "lora", "frozen"}
+    full, probe, lora, frozen = (table[k] for k in ("full", "linear_probe", "lora", "frozen"))
+    assert full["total_params"] == 11_181_642  # resnet18 with a 10-class fc
+    assert probe["trainable_params"] == 512 * 10 + 10
+    assert frozen["freeze_blocks"] == 4 and frozen["trainable_params"] == probe["trainable_params"]
+    # 16 convolutions (2 per BasicBlock, 8 blocks) with rank-2 adapters, plus the fc head.
+    assert lora["trainable_params"] > probe["trainable_params"] and lora["rank"] == 2
+    assert lora["inference_flops"] == full["inference_flops"]
+    assert probe["train_flops"] < lora["train_flops"] < full["train_flops"]
+
+
+def test_methods_without_numbered_blocks_have_no_frozen_row():
+    params = {"lora": {"targets": "fc1", "rank": 2, "alpha": 2}, "cost": {"freeze_blocks": 6}}
+    assert num_blocks(LeNet5()) == 0
+    assert set(analysis.methods_from_params(params, blocks=0)) == {"full", "linear_probe", "lora"}
+    assert analysis.methods_from_params({**params, "cost": {}}, blocks=12)["frozen"] == {"freeze_blocks": 6}
+
+
+# ---- woof.models: the model factory the cost stage uses
+
+def test_create_model_rejects_classes_without_an_imagenet_row(random_weights):
+    with pytest.raises(ValueError, match=r"positions \[1\]"):
+        create_model("vit_tiny_patch16_224", img_size=32, weights=random_weights, class_indices=[5, -1])
+
+
+def test_create_model_retries_without_img_size_only_for_models_without_it(monkeypatch):
+    assert num_blocks(create_model("resnet18", img_size=32, pretrained=False)) == 4  # CNN: img_size dropped
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(kwargs)
+        raise TypeError("something else went wrong")
+    monkeypatch.setattr(timm, "create_model", broken)
+    with pytest.raises(TypeError, match="something else"):
+        create_model("vit_tiny_patch16_224", img_size=32, pretrained=False)
+    assert len(calls) == 1  # surfaced, not retried

@@ -1,7 +1,12 @@
 """Attention maps on small random-weight ViTs (no download, a few seconds on CPU)."""
+import json
+import runpy
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+import yaml
 
 from woof import attention
 
@@ -44,10 +49,6 @@ def test_fused_attention_hides_the_matrix_from_hooks(models, images):
     for h in hooks:
         h.remove()
     assert seen == []
-    # ... and our helper refuses to return nothing when told to keep the fused path.
-    with pytest.raises(RuntimeError, match="no attention matrix was captured"):
-        with torch.no_grad(), attention.capture_attention(model, unfused=False):
-            model(images)
 
 
 def test_capture_switches_fused_attention_off_and_back(models, images):
@@ -134,3 +135,26 @@ def test_attention_grid_writes_png(tmp_path, models, images):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rgb = attention.overlay(uint8[0], maps["a"][0])
     assert rgb.shape == (SIZE, SIZE, 3) and 0 <= rgb.min() and rgb.max() <= 1
+
+
+def test_unsupported():
+    assert attention.unsupported(vit(0)) is None
+    cnn = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    assert attention.unsupported(cnn) == "has no attention layers"
+    gap = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=SIZE,
+                            class_token=False, global_pool="avg")
+    assert attention.unsupported(gap) == "has no CLS token"
+
+
+def test_stage_skips_a_cnn_backbone(tmp_path, monkeypatch):
+    """model.name=resnet18 (the backbone comparison): no maps, but every declared output and exit 0."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"model": {"name": "resnet18", "weights": None}, "data": {"image_size": 32},
+         "attention": {"num_images": 2, "seed": 0}}))
+    monkeypatch.chdir(tmp_path)  # no data or models: the stage must not need them to skip
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "stages" / "visualize_attention.py"),
+                   run_name="__main__")
+    assert json.loads((tmp_path / "metrics" / "attention.json").read_text()) == \
+        {"skipped": "resnet18 has no attention layers"}
+    for name in ("attention_cls.png", "attention_rollout.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

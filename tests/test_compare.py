@@ -23,7 +23,8 @@ def fabricate(root, full_top1=0.95, lora_top1=0.90, probe=False):
           "full": {"top1": full_top1, "top5": 0.995, "loss": 0.2, "images_per_s": 200.0, "n": 1000},
           "lora": {"top1": lora_top1, "top5": 0.99, "loss": 0.3, "images_per_s": 200.0, "n": 1000}}
     common = dict(epochs=2, train_images_per_s=40.0, total_params=5_000_000, final_train_loss=0.5,
-                  final_train_acc=0.9, final_val_loss=0.3, final_val_acc=0.9, precision="bf16")
+                  final_train_acc=0.9, final_val_loss=0.3, final_val_acc=0.9, precision="bf16",
+                  hardware="Intel Xeon Platinum 8481C (2 cores)", peak_memory_kind="rss")
     full = dict(common, train_minutes=20.0, trainable_params=5_000_000, trainable_pct=100.0,
                 peak_memory_mb=2000.0, model_mb=20.0)
     lora = dict(common, train_minutes=10.0, trainable_params=125_000, trainable_pct=2.5,
@@ -48,6 +49,16 @@ def fabricate(root, full_top1=0.95, lora_top1=0.90, probe=False):
          "full": {"epochs": 2, "lr": 1e-4}, "lora": {"epochs": 2, "rank": 8, "alpha": 16, "targets": ["qkv", "proj"]}}))
 
 
+# As woof.attention.attention_metrics writes it: entropies normalised to [0, 1], centre masses are
+# shares (0.5 = uniform for center_area 0.5), correlations in [-1, 1].
+ATTENTION = {"pretrained": {"cls_entropy": 0.912, "center_mass": 0.58, "rollout_entropy": 0.874, "rollout_center_mass": 0.63},
+             "full": {"cls_entropy": 0.847, "center_mass": 0.66, "rollout_entropy": 0.802, "rollout_center_mass": 0.71},
+             "lora": {"cls_entropy": 0.889, "center_mass": 0.61, "rollout_entropy": 0.851, "rollout_center_mass": 0.67},
+             "corr": {"pretrained_full": 0.62, "pretrained_lora": 0.81, "full_lora": 0.66},
+             "rollout_corr": {"pretrained_full": 0.48, "pretrained_lora": 0.72, "full_lora": 0.55},
+             "center_area": 0.5, "num_images": 8}
+
+
 def run_stage(root, monkeypatch):
     monkeypatch.chdir(root)
     runpy.run_path(str(REPO / "stages" / "compare.py"), run_name="__main__")
@@ -57,10 +68,12 @@ def run_stage(root, monkeypatch):
 def test_stage_writes_table_json_figures_report(tmp_path, monkeypatch):
     fabricate(tmp_path)
     (tmp_path / "plots" / "attention_cls.png").write_bytes(b"\x89PNG")  # from visualize_attention
-    (tmp_path / "metrics" / "attention.json").write_text(json.dumps({"full": {"cls_entropy": 3.25}}))
+    (tmp_path / "metrics" / "attention.json").write_text(json.dumps(ATTENTION))
     text = run_stage(tmp_path, monkeypatch)
     assert "(plots/attention_cls.png)" in text and "attention_rollout" not in text
-    assert "`full.cls_entropy`: 3.250" in text
+    assert "| full | 0.847 | 0.660 | 0.802 | 0.710 |" in text and "over 8 validation images" in text
+    assert "pretrained vs lora: 0.81 (CLS), 0.72 (rollout)" in text
+    assert "**Hardware.** Intel Xeon Platinum 8481C (2 cores) (from metrics/train_*.json)." in text
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| ") and "Method" not in line}
     # columns: top1, top5, loss, minutes, img/s, trainable, total, trainable %, peak MB, checkpoint MB
@@ -83,6 +96,10 @@ def test_stage_writes_table_json_figures_report(tmp_path, monkeypatch):
         png = tmp_path / "plots" / f"compare_{k}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"(plots/compare_{k}.png)" in text
     assert "Full fine-tuning wins by 5.0 points" in text
+    # RSS includes the cached dataset: the gap in MB, not a percentage that would understate it.
+    assert "Peak process memory (RSS, which includes the cached dataset both runs hold) was 1500 MB " \
+           "against 2000 MB, 500 MB less." in text and "% less" not in text
+    assert "the cached dataset included" in text  # the table's note
     assert "3,000 training and 1,000 validation images" in text and "`rank=8`" in text
     assert not list(tmp_path.rglob(".*.png*"))  # no temporary files left behind
 
@@ -122,3 +139,30 @@ def test_missing_input_names_the_file(tmp_path, monkeypatch, missing):
     with pytest.raises(FileNotFoundError, match=Path(missing).name):
         run_stage(tmp_path, monkeypatch)
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "metrics" / "compare.json").exists()
+
+
+def test_skipped_attention_and_gpu_memory(tmp_path, monkeypatch):
+    """A CNN backbone has no attention maps; GPU runs report allocated memory, as a ratio."""
+    fabricate(tmp_path)
+    for name in ("full", "lora"):
+        path = tmp_path / "metrics" / f"train_{name}.json"
+        train = json.loads(path.read_text())
+        train.update(peak_memory_kind="cuda_allocated", hardware="NVIDIA H100 80GB HBM3")
+        path.write_text(json.dumps(train))
+    for name in ("attention_cls.png", "attention_rollout.png"):  # the stage's placeholders
+        (tmp_path / "plots" / name).write_bytes(b"\x89PNG")
+    (tmp_path / "metrics" / "attention.json").write_text(json.dumps({"skipped": "resnet18 has no attention layers"}))
+    text = run_stage(tmp_path, monkeypatch)
+    assert "No attention maps: resnet18 has no attention layers." in text
+    assert "attention_cls.png" not in text  # placeholders are not shown as results
+    assert "Peak GPU memory held by tensors was 1500 MB against 2000 MB (25 % less)." in text
+    assert "**Hardware.** NVIDIA H100 80GB HBM3 (from metrics/train_*.json)." in text
+
+
+def test_hardware_falls_back_to_this_machine(tmp_path):
+    fabricate(tmp_path)
+    for name in ("full", "lora"):
+        path = tmp_path / "metrics" / f"train_{name}.json"
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "hardware"}))
+    text = report.write_report(tmp_path / "report.md", metrics_dir=tmp_path / "metrics", plots_dir=tmp_path / "plots")
+    assert "**Hardware.** Not recorded by the training runs; this report was written on" in text

@@ -7,12 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+import woof
 
 from conftest import ROOT, SHARED, needs_shared
 
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", ".tmp", "data", "models", "metrics", "plots",
-                                     "__pycache__", ".pytest_cache", "cache", "tmp", "report.md")
+                                     "__pycache__", ".pytest_cache", "cache", "tmp", "report.md",
+                                     "checkpoints")
 
 
 def sh(cmd, cwd):
@@ -61,7 +65,10 @@ def test_dvc_repro_end_to_end(archive, random_weights, tmp_path):
     assert set(json.loads((repo / "metrics/evaluate.json").read_text())) == {"zero_shot", "full", "lora"}
     adapter, model = (repo / "models/lora/adapter.safetensors"), (repo / "models/lora/model.safetensors")
     assert adapter.stat().st_size < model.stat().st_size / 10
-    assert not (repo / "models/full/checkpoint").exists()  # removed once the run completed
+    assert not (repo / "checkpoints/full").exists()  # removed once the run completed
+    models = woof.load_models(repo / "models")
+    for model in models.values():
+        assert not model.training and model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
     assert ran(sh("dvc repro", repo)) == set()  # nothing changed: nothing runs
     sh("git add -A && git -c user.name=t -c user.email=t@t commit -qm run", repo)

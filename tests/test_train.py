@@ -138,15 +138,19 @@ def _ddp_worker(rank, world, port, data, out):
 
 
 def test_two_processes_match_one(data):
-    torch.set_num_threads(1)
-    single = metrics_only(run(tiny_params(), data)[1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like each worker: the same kernels, so the same rounding
+    try:
+        single = metrics_only(run(tiny_params(), data)[1])
+    finally:
+        torch.set_num_threads(threads)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    out = ctx.SimpleQueue()
+    out = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(_ddp_worker, args=(2, port, data, out), nprocs=2, start_method="spawn")
     double = out.get()
+    assert len(single) == len(double) == 3
     for a, b in zip(single, double):
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k

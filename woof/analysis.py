@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from woof.io import write_json
+from woof.lora import apply_lora, count_parameters, lora_modules, merge_lora
+from woof.models import set_trainable
 
 MB = 2 ** 20
 
@@ -41,22 +42,10 @@ def prepare(model, method):
     for p in model.parameters():
         p.requires_grad_(True)
     if "lora" in method:
-        from woof.lora import apply_lora
         cfg = dict(method["lora"])
         # apply_lora freezes the base model itself; lora.trainable says what else trains.
-        return apply_lora(model, cfg.pop("targets"), cfg.pop("rank"), cfg.pop("alpha"), **cfg) or model
-    trainable = method.get("trainable", ["all"])
-    freeze_blocks = method.get("freeze_blocks", 0)
-    if trainable != ["all"] or freeze_blocks:
-        from woof.models import set_trainable
-        set_trainable(model, trainable=trainable, freeze_blocks=freeze_blocks)
-    return model
-
-
-def count_parameters(model):
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable}
+        return apply_lora(model, cfg.pop("targets"), cfg.pop("rank"), cfg.pop("alpha"), **cfg)
+    return set_trainable(model, method.get("trainable", ["all"]), method.get("freeze_blocks", 0))
 
 
 def count_flops(fn):
@@ -208,10 +197,7 @@ def method_cost(model, batch_size, image_size, in_chans=3, device="cpu"):
 
 def _for_inference(model):
     """LoRA models ship merged (the pipeline saves the merged weights), so count that architecture."""
-    if not any("lora_" in n for n, _ in model.named_parameters()):
-        return model
-    from woof.lora import merge_lora
-    return merge_lora(model)  # a merged copy; the model itself keeps its adapters
+    return merge_lora(model) if lora_modules(model) else model  # a merged copy: model keeps its adapters
 
 
 def cost_table(model_factory, methods, batch_size, image_size, in_chans=3, device="cpu"):
@@ -229,34 +215,23 @@ def cost_table(model_factory, methods, batch_size, image_size, in_chans=3, devic
     return table
 
 
-def num_blocks(model):
-    """How many numbered blocks (ViT blocks, ResNet layers) the model has."""
-    from woof.models import _block_index
-    return len({b for b in (_block_index(n) for n, _ in model.named_parameters()) if b is not None})
+def methods_from_params(params, blocks):
+    """The four methods of the report, configured from params.yaml; `blocks`: num_blocks(model).
 
-
-def methods_from_params(params, blocks=12):
-    """The four methods of the report, configured from params.yaml.
-
-    frozen-k uses cost.freeze_blocks, else full.freeze_blocks, else half of the model's blocks."""
+    frozen-k freezes cost.freeze_blocks blocks (default: half), at most all of them, so one
+    setting works for every model (ViT-Tiny has 12 blocks, a ResNet 4 stages). A model without
+    numbered blocks has no frozen-k row."""
     lora = params.get("lora", {})
-    full = params.get("full", {})
     cost = params.get("cost", {}) or {}
-    freeze = cost.get("freeze_blocks") or full.get("freeze_blocks") or max(1, blocks // 2)
+    freeze = min(cost.get("freeze_blocks") or max(1, blocks // 2), blocks)
     lora_cfg = {"targets": lora["targets"], "rank": lora["rank"], "alpha": lora["alpha"]}
     for key in ("dropout", "rslora", "trainable"):
         if key in lora:
             lora_cfg[key] = lora[key]
-    return {
-        "full": {},
-        "linear_probe": {"trainable": ["head"]},
-        "lora": {"lora": lora_cfg},
-        "frozen": {"freeze_blocks": freeze},
-    }
-
-
-def write_cost(path, table):
-    write_json(path, table)
+    methods = {"full": {}, "linear_probe": {"trainable": ["head"]}, "lora": {"lora": lora_cfg}}
+    if freeze:
+        methods["frozen"] = {"freeze_blocks": freeze}
+    return methods
 
 
 def format_table(table):

@@ -10,6 +10,8 @@ Two kinds of map, both (B, h, w) over the patch grid and sum-normalised (each ma
 Getting attention out of timm: its fused path (F.scaled_dot_product_attention) never materialises
 the attention matrix and never calls `attn_drop`, so a hook there silently sees nothing.
 `capture_attention` switches each attention module to the explicit path while it is active.
+Models without such modules or without a CLS token (CNNs such as resnet18) have no maps:
+`unsupported(model)` says why, and the stage writes placeholders instead.
 """
 import contextlib
 import math
@@ -18,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from woof.io import pyplot, save_png
+
 
 def _attention_modules(model):
     # timm's Attention/EvaAttention/...: a `fused_attn` flag and an `attn_drop` applied to softmax(QK^T)
@@ -25,16 +29,24 @@ def _attention_modules(model):
             if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), torch.nn.Module)]
 
 
+def unsupported(model):
+    """Why this model has no attention maps to draw ("has no attention layers", ...), else None."""
+    if not _attention_modules(model):
+        return "has no attention layers"
+    if getattr(model, "cls_token", None) is None or getattr(model, "num_prefix_tokens", 1) < 1:
+        return "has no CLS token"  # e.g. global-pool ViTs: no single token gathers the image
+    return None
+
+
 @contextlib.contextmanager
-def capture_attention(model, unfused=True):
+def capture_attention(model):
     """Collect the attention matrix of every layer during the forward passes inside the block.
 
         with capture_attention(model) as attns:
             logits = model(x)
         attns  # list over layers of (B, heads, N, N), N = prefix tokens + patches
 
-    The tensors stay in the autograd graph (for gradient_rollout). unfused=False leaves timm's
-    fused path on, which captures nothing and raises: kept to show (and test) why the switch exists.
+    The tensors stay in the autograd graph (for gradient_rollout).
     """
     modules = _attention_modules(model)
     if not modules:
@@ -47,7 +59,7 @@ def capture_attention(model, unfused=True):
     hooks = [m.attn_drop.register_forward_hook(lambda mod, inp, out: attns.append(inp[0]))
              for m in modules]
     try:
-        for m in modules if unfused else []:
+        for m in modules:
             m.fused_attn = False  # an instance attribute; timm's Final annotation only binds TorchScript
         yield attns
     finally:
@@ -56,9 +68,8 @@ def capture_attention(model, unfused=True):
         for m, flag in zip(modules, saved):
             m.fused_attn = flag
         model.train(was_training)
-    if not attns:
-        raise RuntimeError("no attention matrix was captured: the model ran its fused attention path "
-                           "(set attn.fused_attn = False, or timm.layers.set_fused_attn(False))")
+    if not attns:  # a timm version whose attention no longer goes through attn_drop
+        raise RuntimeError("no attention matrix was captured: the attention modules did not call attn_drop")
 
 
 def _tokens(model, attn):
@@ -113,16 +124,6 @@ def gradient_rollout(model, images, labels):
         R = R + cam @ R
     npt, h, w = _tokens(model, attns[-1])
     return _normalise(R[:, 0, npt:].reshape(B, h, w).detach())  # (B, h, w)
-
-
-@torch.no_grad()
-def predict(model, images):
-    """(B, 3, H, W) -> predicted class (B,), its softmax probability (B,)."""
-    was_training = model.training
-    probs = model.eval()(images).softmax(-1)
-    model.train(was_training)
-    conf, pred = probs.max(-1)
-    return pred, conf
 
 
 # ------------------------------------------------------------------ numbers
@@ -225,10 +226,7 @@ def attention_grid(path, images, maps, true_names, preds, title=""):
 
     images: uint8 (B, 3, H, W); maps: {model: (B, h, w)}; true_names: B class names;
     preds: {model: list of B (predicted name, confidence)}. Correct predictions in green."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from woof.io import atomic_path
+    plt = pyplot()
 
     def short(name):  # ImageNet names carry synonyms: "dingo, warrigal, warragal, Canis dingo"
         return name.split(",")[0]
@@ -253,6 +251,11 @@ def attention_grid(path, images, maps, true_names, preds, title=""):
     fig.suptitle(f"{title}\n(each map scaled to its own max; bright = more attention)".lstrip("\n"),
                  fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / height))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    save_png(fig, path, dpi=80)
+
+
+def placeholder(path, text):
+    """A PNG that only says `text`: DVC requires every declared plot, even with nothing to draw."""
+    fig = pyplot().figure(figsize=(6, 1.2))
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
+    save_png(fig, path, dpi=80)

@@ -1,42 +1,59 @@
 """Benchmarks that print Markdown tables: `python -m woof.bench lora` (or `all`).
 
-Every row trains the same model on the same batch with AdamW, so rows differ only by the method.
-Throughput: a few warmup steps, then the median of timed steps, the rows taking turns step by step
-(this CPU is shared: interleaving spreads another process's load over all rows, the median drops
-the steps it interrupted).
-Peak memory: on CUDA, torch.cuda.max_memory_allocated over one step. On CPU there is no allocator
-counter, so one extra step runs under torch.profiler(profile_memory=True) and we replay its
-allocator events (every CPU allocation and free, in time order): peak = bytes alive before the step
-(weights, optimiser state, batch) + the highest running sum of the step's allocations and frees.
+A row is a name and a function `setup(model, batch) -> step`: it prepares a fresh model its own
+way (freezing, adapters, ...) and returns a closure that runs one unit of work, usually
+`train_step(model, batch)` (forward, backward, AdamW). Every row gets the same initial weights and
+the same batch, so rows differ only by the method. To add rows, add entries to a dict in SUITES.
+
+Throughput: a few warmup calls, then the median of timed calls, the rows taking turns call by call
+(this CPU is shared: interleaving spreads another process's load over all rows alike, the median
+drops the calls it interrupted).
+Peak memory: on CUDA, torch.cuda.max_memory_allocated over one call. On CPU there is no allocator
+counter, so one extra call runs under torch.profiler(profile_memory=True) and we replay its
+allocator events (every CPU allocation and free, in time order): peak = bytes alive before the call
+(weights, optimiser state, batch) + the highest running sum of the call's allocations and frees.
 Both count tensor memory from PyTorch's allocator, not the process RSS (libraries' own buffers,
 e.g. oneDNN scratch space, are not included).
 """
 import argparse
+import contextlib
+import os
 import statistics
 import time
 
-import timm
 import torch
 import torch.nn.functional as F
 
-from woof.lora import apply_lora, count_parameters
+from woof.analysis import count_flops
+from woof.data import normalize, random_resized_crop_flip
+from woof.lora import apply_lora, count_parameters, lora_modules
+from woof.models import create_model, set_trainable
+from woof.train import machine
 
 ALL_LINEAR = r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 QKV = r"blocks\.\d+\.attn\.qkv"
 
 
-def train_step(model, batch, lr=1e-3):
-    """One AdamW training step on `batch`, as a closure: the unit every row of the table times."""
+def train_step(model, batch, lr=1e-3, autocast=None):
+    """One AdamW training step on `batch` as a closure (autocast: e.g. torch.bfloat16).
+
+    The closure carries what the table needs: `images` per call, the `model` (parameter counts)
+    and the tensors `alive` between calls (for peak memory)."""
     images, labels = batch
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
 
     def step():
-        loss = F.cross_entropy(model(images), labels)
+        with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
+            loss = F.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    step.model, step.optimizer, step.batch = model, optimizer, batch
+
+    def alive():
+        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return [*model.parameters(), *model.buffers(), *state, images, labels]
+    step.images, step.model, step.alive = len(images), model, alive
     return step
 
 
@@ -46,10 +63,7 @@ def _sync(device):
 
 
 def time_steps(steps, n=10, warmup=3, device="cpu"):
-    """Median seconds per call of each closure in `steps` (name -> callable).
-
-    The closures take turns (round robin, in a rotating order), so a burst of load from another
-    process on this shared machine hits every row alike instead of wrecking one of them."""
+    """Median seconds per call of each closure in `steps` (name -> callable), interleaved."""
     device = torch.device(device)
     names = list(steps)
     for name in names:  # warmup: first-call allocations, AdamW state, oneDNN kernel selection
@@ -57,7 +71,7 @@ def time_steps(steps, n=10, warmup=3, device="cpu"):
             steps[name]()
     times = {name: [] for name in names}
     for i in range(n):
-        for name in names[i % len(names):] + names[:i % len(names)]:
+        for name in names[i % len(names):] + names[:i % len(names)]:  # rotating order
             _sync(device)
             t0 = time.perf_counter()
             steps[name]()
@@ -66,21 +80,29 @@ def time_steps(steps, n=10, warmup=3, device="cpu"):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _persistent_bytes(tensors):
+def _distinct_bytes(tensors):
     """Bytes of distinct storages (views and shared weights count once)."""
-    seen = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto writes 'profiler_start/stop' lines (and GPU probing errors) straight to fd 2."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def peak_memory_mb(step, device="cpu"):
-    """Peak tensor memory of one call of a `train_step` closure: what is alive between steps
-    (parameters, buffers, optimiser state, batch) plus the step's own peak above that."""
+    """Peak tensor memory of one call of `step`: the tensors alive between calls (`step.alive()`,
+    when the closure has it) plus the call's own peak above them."""
     device = torch.device(device)
-    state = [v for s in step.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-    before = _persistent_bytes([*step.model.parameters(), *step.model.buffers(), *state, *step.batch])
+    before = _distinct_bytes(step.alive()) if hasattr(step, "alive") else 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         start = torch.cuda.memory_allocated(device)
@@ -88,7 +110,7 @@ def peak_memory_mb(step, device="cpu"):
         _sync(device)
         return (before + torch.cuda.max_memory_allocated(device) - start) / 2**20
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     live = peak = 0
@@ -98,37 +120,48 @@ def peak_memory_mb(step, device="cpu"):
     return (before + peak) / 2**20
 
 
-def measure_train_step(model, batch, steps=10, warmup=3):
-    """{"images_per_s", "step_ms", "peak_mb", "trainable", "total"} for training `model` on `batch`."""
-    step = train_step(model, batch)
-    seconds = time_steps({"model": step}, steps, warmup, batch[0].device)["model"]
-    return _row(step, seconds)
+def measure(step, seconds, device="cpu"):
+    """One table row for a closure timed at `seconds` per call."""
+    row = {"images_per_s": step.images / seconds, "step_ms": 1000 * seconds,
+           "peak_mb": peak_memory_mb(step, device), "trainable": None, "total": None,
+           "gflops": count_flops(step) / seconds / 1e9}
+    if hasattr(step, "model"):
+        counts = count_parameters(step.model)
+        row.update(trainable=counts["trainable"], total=counts["total"])
+    return row
 
 
-def _row(step, seconds):
-    counts = count_parameters(step.model)
-    return {"images_per_s": len(step.batch[0]) / seconds, "step_ms": 1000 * seconds,
-            "peak_mb": peak_memory_mb(step, step.batch[0].device),
-            "trainable": counts["trainable"], "total": counts["total"]}
+# ---- rows: setup(model, batch) -> step closure
+
+def _full(model, batch):
+    return train_step(model, batch)
 
 
-# ---- rows: name -> function(model) returning the model to train (freezing/wrapping it as needed)
-
-def _full(model):
-    return model
-
-
-def _ours(targets, rank=8, alpha=16):
-    return lambda model: apply_lora(model, targets, rank=rank, alpha=alpha, trainable=("head",))
+def _ours(targets, rank=8, alpha=16, fused=True):
+    def setup(model, batch):
+        apply_lora(model, targets, rank=rank, alpha=alpha, trainable=("head",))
+        for _, m in lora_modules(model):
+            m.fused = fused  # False: the two-branch formulation (PEFT's), as an ablation
+        return train_step(model, batch)
+    return setup
 
 
 def _peft(targets, rank=8, alpha=16):
-    def setup(model):
-        from peft import LoraConfig, get_peft_model  # only the benchmark needs PEFT
+    def setup(model, batch):
+        from peft import LoraConfig, get_peft_model  # a dev dependency: only the benchmark needs it
         config = LoraConfig(target_modules=targets, r=rank, lora_alpha=alpha, lora_dropout=0.0,
                             modules_to_save=["head"])
-        return get_peft_model(model, config)
+        return train_step(get_peft_model(model, config), batch)
     return setup
+
+
+def _bound(model, batch):
+    """The least any adapter method can cost: the frozen network's forward and its input gradients
+    (2 of the 3 matmuls of each linear layer), no adapter at all. Training the position embedding
+    makes backpropagation run through every block; only the head learns otherwise."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name == "pos_embed" or name.startswith("head."))
+    return train_step(model, batch)
 
 
 LORA_ROWS = {
@@ -137,34 +170,176 @@ LORA_ROWS = {
     "LoRA PEFT r=8 qkv+proj+fc1+fc2 +head": _peft(ALL_LINEAR),
     "LoRA ours r=8 qkv +head": _ours(QKV),
     "LoRA PEFT r=8 qkv +head": _peft(QKV),
+    "ablation: ours r=8 qkv+proj+fc1+fc2, two-branch (fused=False)": _ours(ALL_LINEAR, fused=False),
+    "bound: no adapter, backprop through the frozen blocks": _bound,
 }
-SUITES = {"lora": LORA_ROWS, "all": LORA_ROWS}  # `all` grows as more rows are added
+
+
+# ---- issue 6 rows: every method in fp32 and bf16, the linear probe with and without cached
+# features, frozen-k, and the input pipeline alone.
+
+def _bf16(setup):
+    """The same row under bf16 autocast: set up as in fp32, then step with autocast."""
+    def bf16_setup(model, batch):
+        return train_step(setup(model, batch).model, batch, autocast=torch.bfloat16)
+    return bf16_setup
+
+
+def _frozen(k):
+    def setup(model, batch):
+        return train_step(set_trainable(model, freeze_blocks=k), batch)
+    return setup
+
+
+def _probe(model, batch):
+    """Linear probe the naive way: the frozen backbone runs forward on every step (no backward
+    through it: nothing below the head needs a gradient)."""
+    return train_step(set_trainable(model, trainable=["head"]), batch)
+
+
+def _probe_cached(epochs=5, autocast=None):
+    """Linear probe as woof.train does it: the backbone runs once per image, then `epochs` passes
+    of head-only steps on the cached features. One call = the whole probe for this batch, counted
+    as `epochs` images per image, so images/s compares with a training step's."""
+    def setup(model, batch):
+        images, labels = batch
+        set_trainable(model, trainable=["head"]).eval()
+        head = model.get_classifier()
+        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+
+        def probe():
+            with torch.no_grad(), torch.autocast(images.device.type, dtype=autocast,
+                                                  enabled=autocast is not None):
+                feats = model.forward_head(model.forward_features(images), pre_logits=True).float()
+            for _ in range(epochs):
+                F.cross_entropy(head(feats), labels).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        probe.images, probe.model = epochs * len(images), model
+        probe.alive = lambda: [*model.parameters(), *model.buffers(), images, labels]
+        return probe
+    return setup
+
+
+def _forward_only(model, batch):
+    """One inference pass: the unit the probe's cost is compared with."""
+    images = batch[0]
+    model.eval()
+
+    def forward():
+        with torch.no_grad():
+            model(images)
+    forward.images, forward.model = len(images), model
+    return forward
+
+
+def _tensor_loader(model, batch, cache_size=None):
+    """The pipeline's input: random resized crop + flip + normalise of a uint8 batch from the
+    in-memory cache (what woof.train does per step)."""
+    size = batch[0].shape[-1]
+    cache_size = cache_size or int(size / 0.9)
+    g = torch.Generator().manual_seed(0)
+    cache = torch.randint(0, 256, (256, 3, cache_size, cache_size), dtype=torch.uint8, generator=g)
+
+    def load():
+        idx = torch.randint(0, len(cache), (len(batch[0]),), generator=g)
+        x = random_resized_crop_flip(cache[idx], size, torch.rand(len(idx), 5, generator=g))
+        normalize(x, (0.5,) * 3, (0.5,) * 3)
+    load.images = len(batch[0])
+    return load
+
+
+def _pil_loader(model, batch):
+    """What typical fine-tuning notebooks do: torchvision ImageFolder over JPEG files, timm's PIL
+    training transform per sample (decode, RandomResizedCrop, flip, ToTensor, Normalize),
+    DataLoader with batch collation, no worker processes."""
+    import tempfile
+    from PIL import Image
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+    size = batch[0].shape[-1]
+    tmp = tempfile.TemporaryDirectory(prefix="woof-bench-")  # removed when `load` is garbage-collected
+    root = tmp.name
+    g = torch.Generator().manual_seed(0)
+    for c in range(2):
+        os.makedirs(f"{root}/{c}")
+        for i in range(64):  # ImageWoof-160-like JPEGs: shortest side 160, 4:3
+            pixels = torch.randint(0, 256, (160, 213, 3), dtype=torch.uint8, generator=g).numpy()
+            Image.fromarray(pixels).save(f"{root}/{c}/{i}.jpg", quality=85)
+    transform = create_transform(size, is_training=True, mean=(0.5,) * 3, std=(0.5,) * 3)
+    loader = torch.utils.data.DataLoader(ImageFolder(root, transform), batch_size=len(batch[0]),
+                                         shuffle=True, num_workers=0, drop_last=True)
+    batches = iter(())
+
+    def load():
+        nonlocal batches
+        try:
+            next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            next(batches)
+    load.images, load.tmp = len(batch[0]), tmp  # the JPEGs must live as long as the closure
+    return load
+
+
+ALL_ROWS = {
+    "full fine-tuning": _full,
+    "full fine-tuning, bf16": _bf16(_full),
+    "LoRA ours r=8 qkv+proj+fc1+fc2 +head": LORA_ROWS["LoRA ours r=8 qkv+proj+fc1+fc2 +head"],
+    "LoRA ours r=8 qkv+proj+fc1+fc2 +head, bf16": _bf16(LORA_ROWS["LoRA ours r=8 qkv+proj+fc1+fc2 +head"]),
+    "LoRA PEFT r=8 qkv+proj+fc1+fc2 +head": LORA_ROWS["LoRA PEFT r=8 qkv+proj+fc1+fc2 +head"],
+    "LoRA PEFT r=8 qkv+proj+fc1+fc2 +head, bf16": _bf16(LORA_ROWS["LoRA PEFT r=8 qkv+proj+fc1+fc2 +head"]),
+    "frozen first 6 blocks": _frozen(6),
+    "frozen first 6 blocks, bf16": _bf16(_frozen(6)),
+    "linear probe, backbone every step": _probe,
+    "linear probe, backbone every step, bf16": _bf16(_probe),
+    "linear probe, cached features (5 epochs)": _probe_cached(),
+    "linear probe, cached features (5 epochs), bf16": _probe_cached(autocast=torch.bfloat16),
+    "inference forward pass (reference for the probe)": _forward_only,
+    "data: cached uint8 tensors, batched crop/flip": _tensor_loader,
+    "data: ImageFolder + PIL transforms per sample": _pil_loader,
+}
+SUITES = {"lora": LORA_ROWS, "all": ALL_ROWS}
+
+
+def matmul_gflops(device="cpu", n=2048, dtype=torch.float32, repeats=5):
+    """What this machine's BLAS reaches on a large square matmul: the ceiling for the rows above."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    seconds = time_steps({"mm": lambda: a @ b}, repeats, 2, device)["mm"]
+    return 2 * n ** 3 / seconds / 1e9
 
 
 def run(rows, model_name="vit_tiny_patch16_224", batch_size=32, image_size=160, steps=10, warmup=3,
         device="cpu", seed=0):
-    """Build every row's model (same seed: same initial weights), then time them interleaved."""
+    """Set every row up (same seed: same initial weights, same batch), then time them interleaved."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     batch = (torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device),
              torch.randint(0, 10, (batch_size,), generator=g).to(device))
-    steps_by_row = {}
+    step_of = {}
     for name, setup in rows.items():
         torch.manual_seed(seed)
-        model = timm.create_model(model_name, pretrained=False, num_classes=10, img_size=image_size)
-        steps_by_row[name] = train_step(setup(model.to(device)), batch)
-    seconds = time_steps(steps_by_row, steps, warmup, device)
-    return {name: _row(step, seconds[name]) for name, step in steps_by_row.items()}
+        model = create_model(model_name, num_classes=10, img_size=image_size, pretrained=False).to(device)
+        try:
+            step_of[name] = setup(model, batch)
+        except ImportError as e:  # PEFT rows without PEFT installed (requirements-dev.txt)
+            print(f"  skipped {name!r}: {e}", flush=True)
+    seconds = time_steps(step_of, steps, warmup, device)
+    return {name: measure(step, seconds[name], device) for name, step in step_of.items()}
 
 
-def markdown(results, reference="full fine-tuning"):
+def markdown(results, reference="full fine-tuning", peak_gflops=None):
     ref = results.get(reference, {}).get("images_per_s")
-    lines = ["| method | trainable params | images/s | vs full | step ms | peak memory MB |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | trainable params | images/s | vs full | step ms | GFLOP/s | peak memory MB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         speedup = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
-        lines.append(f"| {name} | {r['trainable']:,} | {r['images_per_s']:.1f} | {speedup} | "
-                     f"{r['step_ms']:.0f} | {r['peak_mb']:.0f} |")
+        trainable = "-" if r["trainable"] is None else f"{r['trainable']:,}"
+        gflops = f"{r['gflops']:.0f}" if r["gflops"] else "-"
+        if r["gflops"] and peak_gflops:
+            gflops += f" ({100 * r['gflops'] / peak_gflops:.0f}%)"
+        lines.append(f"| {name} | {trainable} | {r['images_per_s']:.1f} | {speedup} | "
+                     f"{r['step_ms']:.0f} | {gflops} | {r['peak_mb']:.0f} |")
     return "\n".join(lines)
 
 
@@ -172,7 +347,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", nargs="?", default="lora", choices=sorted(SUITES))
     parser.add_argument("--model", default="vit_tiny_patch16_224")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=160)
@@ -181,12 +356,29 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# {args.model}, {args.image_size} px, batch {args.batch_size}, float32, AdamW, {args.device}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.steps} steps "
-          f"after {args.warmup} warmup", flush=True)
+    print(f"# {args.model}, {args.image_size} px, batch {args.batch_size}, float32, AdamW, "
+          f"{machine(args.device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"median of {args.steps} steps after {args.warmup} warmup, {time.strftime('%Y-%m-%d')}", flush=True)
     results = run(SUITES[args.suite], args.model, args.batch_size, args.image_size, args.steps,
                   args.warmup, args.device)
-    print(markdown(results))
+    peak = {"fp32": matmul_gflops(args.device), "bf16": matmul_gflops(args.device, dtype=torch.bfloat16)}
+    print(markdown(results, peak_gflops=peak["fp32"]))
+    print(f"\nLarge matmul (2048^3) on this machine: {peak['fp32']:.0f} GFLOP/s fp32, "
+          f"{peak['bf16']:.0f} GFLOP/s bf16; the % column is against fp32.")
+    if "linear probe, cached features (5 epochs)" in results:
+        probe = results["linear probe, cached features (5 epochs)"]
+        forward = results["inference forward pass (reference for the probe)"]
+        # One probe call covers 5 epochs of a batch; one forward call, one pass over it.
+        cost = probe["step_ms"] / forward["step_ms"]
+        print(f"Whole 5-epoch linear probe = {cost:.2f} forward passes over the training set.")
+    tensors = results.get("data: cached uint8 tensors, batched crop/flip")
+    pil = results.get("data: ImageFolder + PIL transforms per sample")
+    if tensors and pil:
+        steps = [r["images_per_s"] for n, r in results.items()
+                 if not n.startswith(("data", "inference")) and "cached" not in n]
+        print(f"Input pipeline: cached tensors deliver {tensors['images_per_s'] / max(steps):.1f}x the "
+              f"images/s of the fastest training step above and {tensors['images_per_s'] / pil['images_per_s']:.1f}x "
+              f"the per-sample PIL pipeline.")
     return results
 
 

@@ -16,16 +16,18 @@ def autocast(device, precision):
 
 
 @torch.no_grad()
-def predict(model, images, data_cfg, batch_size=128, device="cpu", precision="fp32", desc=None):
-    """uint8 images (N, 3, S, S), already at the model's input size -> (float32 logits (N, C),
-    images per second)."""
+def predict(model, images, data_cfg, batch_size=128, device="cpu", precision="fp32", desc=None,
+            forward=None):
+    """uint8 images (N, 3, S, S), already at the model's input size -> (float32 outputs (N, C),
+    images per second). forward: what to run instead of model(x), e.g. a feature extractor."""
     model.eval()
+    forward = forward or model
     logits = []
     start = time.perf_counter()
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, unit="batch"):
         x = normalize(images[i:i + batch_size].to(device), data_cfg["mean"], data_cfg["std"])
         with autocast(device, precision):
-            logits.append(model(x).float().cpu())
+            logits.append(forward(x).float().cpu())
     seconds = time.perf_counter() - start
     return torch.cat(logits), len(images) / max(seconds, 1e-9)
 
@@ -45,7 +47,18 @@ def per_class_accuracy(logits, labels, num_classes):
             for c in range(num_classes)]
 
 
-def confusion_matrix(logits, labels, num_classes):
-    """(C, C) counts, rows = true class, columns = predicted class."""
-    index = labels * num_classes + logits.argmax(1)
-    return torch.bincount(index, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+def evaluate_models(models, images, labels, class_names, image_size, batch_size=128, precision="fp32"):
+    """Every model on the same val tensors -> (metrics per model, per-class accuracy rows,
+    per-image (actual, predicted) rows per model for confusion matrices)."""
+    from woof.models import data_config
+    metrics, per_class, predictions = {}, [], {}
+    for method, model in models.items():
+        logits, speed = predict(model, images, data_config(model, image_size), batch_size,
+                                precision=precision, desc=f"evaluate {method}")
+        metrics[method] = {**classification_metrics(logits, labels), "images_per_s": speed}
+        accs = per_class_accuracy(logits, labels, len(class_names))
+        per_class += [{"class": n, "method": method, "accuracy": a} for n, a in zip(class_names, accs)]
+        predictions[method] = [{"actual": class_names[a], "predicted": class_names[p]}
+                               for a, p in zip(labels, logits.argmax(1))]
+    return metrics, per_class, predictions

@@ -55,6 +55,22 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: stages and CI run headless. Call it before creating
+    a figure: switching backend later closes the figures already open."""
+    import matplotlib
+    matplotlib.use("Agg")  # a no-op when Agg is already the backend
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_png(fig, path, dpi=120):
+    """Write a matplotlib figure as PNG atomically, then close it (pyplot keeps open figures alive)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    pyplot().close(fig)
+
+
 def load_params(path="params.yaml"):
     import yaml
     return yaml.safe_load(Path(path).read_text())

@@ -25,6 +25,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from woof.io import atomic_path
+from woof.models import has_prefix, trainable_prefixes
+
+
+def _merge(weight, A, B, scaling):
+    """W0 + s·B·A for Linear (out, in) and Conv2d (out, in, kh, kw) weights alike."""
+    return torch.addmm(weight.flatten(1), B.flatten(1), A.flatten(1), alpha=scaling).view_as(weight)
 
 
 class _MergedLoRALinear(torch.autograd.Function):
@@ -32,19 +38,19 @@ class _MergedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, scaling):
-        merged = torch.addmm(weight, B, A, alpha=scaling)  # (out, in); exactly W0 while B == 0
-        ctx.save_for_backward(x, merged, A, B)
-        ctx.scaling = scaling
+        merged = _merge(weight, A, B, scaling)  # (out, in); exactly W0 while B == 0
+        ctx.save_for_backward(x, weight, A, B)  # not `merged`: rebuilding it costs less than keeping it
+        ctx.scaling, ctx.bias_dtype = scaling, None if bias is None else bias.dtype
         return F.linear(x, merged, bias)
 
     @staticmethod
     def backward(ctx, gy):
-        x, merged, A, B = ctx.saved_tensors
+        x, weight, A, B = ctx.saved_tensors
         need_x, need_w, need_b, need_a, need_bb, _ = ctx.needs_input_grad
         dt, s = gy.dtype, ctx.scaling  # under autocast gy may be bf16 while x and A, B are float32
         dx = dw = db = da = dbb = None
         if need_x:
-            dx = (gy @ merged.to(dt)).to(x.dtype)  # (..., in)
+            dx = (gy @ _merge(weight, A, B, s).to(dt)).to(x.dtype)  # (..., in)
         if need_w or need_b or need_a or need_bb:
             gy2 = gy.reshape(-1, gy.shape[-1])  # (M, out), M = all leading dims (batch, tokens)
             x2 = x.reshape(-1, x.shape[-1]).to(dt)  # (M, in)
@@ -53,9 +59,9 @@ class _MergedLoRALinear(torch.autograd.Function):
         if need_bb:  # dB = s·gyᵀ·(x·Aᵀ), computed as ((x·Aᵀ)ᵀ·gy)ᵀ: the faster order for BLAS here
             dbb = ((x2 @ (A * s).to(dt).t()).t() @ gy2).t().to(B.dtype)
         if need_w:  # only when the base weight was made trainable too
-            dw = (gy2.t() @ x2).to(merged.dtype)
+            dw = (gy2.t() @ x2).to(weight.dtype)
         if need_b:
-            db = gy2.sum(0)
+            db = gy2.sum(0).to(ctx.bias_dtype)
         return dx, dw, db, da, dbb, None
 
 
@@ -65,21 +71,22 @@ class _MergedLoRAConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, scaling, stride, padding, dilation):
         # B is a 1x1 conv, so B∘A is a conv with kernel B·A: fold it into W0.
-        merged = torch.addmm(weight.flatten(1), B.flatten(1), A.flatten(1), alpha=scaling).view_as(weight)
-        ctx.save_for_backward(x, merged, A, B)
+        merged = _merge(weight, A, B, scaling)
+        ctx.save_for_backward(x, weight, A, B)
         ctx.conf = (scaling, stride, padding, dilation)
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return F.conv2d(x, merged, bias, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, gy):  # gy: (N, out, Ho, Wo)
-        x, merged, A, B = ctx.saved_tensors
+        x, weight, A, B = ctx.saved_tensors
         s, stride, padding, dilation = ctx.conf
         need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
         dt = gy.dtype
         dx = dw = db = da = dbb = None
         conv_grad = (stride, padding, dilation)
         if need_x:
-            dx = torch.nn.grad.conv2d_input(x.shape, merged.to(dt), gy, *conv_grad).to(x.dtype)
+            dx = torch.nn.grad.conv2d_input(x.shape, _merge(weight, A, B, s).to(dt), gy, *conv_grad).to(x.dtype)
         x_ = x.to(dt)
         if need_a:  # gradient at A's output is Bᵀ·gy (a 1x1 conv, r channels), then A's kernel gradient
             gu = F.conv2d(gy, (B * s).to(dt).flatten(1).t()[:, :, None, None])  # (N, r, Ho, Wo)
@@ -88,16 +95,26 @@ class _MergedLoRAConv2d(torch.autograd.Function):
             u = F.conv2d(x_, (A * s).to(dt), None, *conv_grad)  # (N, r, Ho, Wo), recomputed: it is thin
             dbb = torch.einsum("nohw,nrhw->or", gy, u).view_as(B).to(B.dtype)
         if need_w:
-            dw = torch.nn.grad.conv2d_weight(x_, merged.shape, gy, *conv_grad).to(merged.dtype)
+            dw = torch.nn.grad.conv2d_weight(x_, weight.shape, gy, *conv_grad).to(weight.dtype)
         if need_b:
-            db = gy.sum((0, 2, 3))
+            db = gy.sum((0, 2, 3)).to(ctx.bias_dtype)
         return dx, dw, db, da, dbb, None, None, None, None
 
 
 class _LoRA:
     """What LoRALinear and LoRAConv2d share: adapter parameters, scaling, dropout, the on/off switch."""
 
-    def _init_lora(self, rank, alpha, dropout, rslora, a_shape, b_shape):
+    @staticmethod
+    def unsupported(base):
+        """Why `base` cannot take an adapter, or None."""
+        return None
+
+    def _init_lora(self, base, rank, alpha, dropout, rslora, a_shape, b_shape):
+        nn.Module.__init__(self)
+        # The base layer's configuration (in_features, or kernel_size, stride, padding, ...) and its
+        # very parameter objects: the state-dict keys `...weight` / `...bias` stay as they were.
+        self.__dict__.update({k: v for k, v in vars(base).items() if not k.startswith("_")})
+        self.weight, self.bias = base.weight, base.bias
         self.rank, self.alpha, self.rslora = rank, alpha, rslora
         self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
         like = dict(device=self.weight.device, dtype=self.weight.dtype)
@@ -118,8 +135,7 @@ class _LoRA:
     def merged_weight(self):
         """W0 + s·B·A, shaped like W0."""
         with torch.no_grad():
-            return torch.addmm(self.weight.flatten(1), self.lora_B.flatten(1), self.lora_A.flatten(1),
-                               alpha=self.scaling).view_as(self.weight)
+            return _merge(self.weight, self.lora_A, self.lora_B, self.scaling)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, rslora={self.rslora}"
@@ -129,15 +145,8 @@ class LoRALinear(_LoRA, nn.Linear):
     """nn.Linear plus a rank-r adapter. Shares (does not copy) the base layer's weight and bias, so
     the state-dict keys stay `...weight` / `...bias` and the layer is a drop-in replacement."""
 
-    @staticmethod
-    def unsupported(base):
-        return None
-
     def __init__(self, base, rank, alpha, dropout=0.0, rslora=False):
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight, self.bias = base.weight, base.bias
-        self._init_lora(rank, alpha, dropout, rslora, (rank, base.in_features), (base.out_features, rank))
+        self._init_lora(base, rank, alpha, dropout, rslora, (rank, base.in_features), (base.out_features, rank))
 
     def forward(self, x):  # x: (..., in)
         if not self.lora_enabled:
@@ -157,12 +166,8 @@ class LoRAConv2d(_LoRA, nn.Conv2d):
     """nn.Conv2d plus an adapter: A is a conv with r output channels and the base layer's kernel size,
     stride, padding and dilation; B is a 1x1 conv from r to the output channels."""
 
-    _CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                   "transposed", "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice")
-
     @staticmethod
     def unsupported(base):
-        """Why this convolution cannot take an adapter, or None."""
         if base.groups != 1:
             return f"grouped convolutions (groups={base.groups}) are not supported"
         if base.padding_mode != "zeros":
@@ -175,15 +180,11 @@ class LoRAConv2d(_LoRA, nn.Conv2d):
     def __init__(self, base, rank, alpha, dropout=0.0, rslora=False):
         if self.unsupported(base):
             raise ValueError(self.unsupported(base))
-        nn.Module.__init__(self)
-        for name in self._CONV_ATTRS:
-            setattr(self, name, getattr(base, name))
+        self._init_lora(base, rank, alpha, dropout, rslora, (rank, base.in_channels, *base.kernel_size),
+                        (base.out_channels, rank, 1, 1))
         if isinstance(self.padding, str):  # 'valid' / 'same' -> numbers, which the backward needs
             pads = [d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation)]
             self.padding = tuple(pads) if self.padding == "same" else (0, 0)
-        self.weight, self.bias = base.weight, base.bias
-        self._init_lora(rank, alpha, dropout, rslora, (rank, self.in_channels, *self.kernel_size),
-                        (self.out_channels, rank, 1, 1))
 
     def forward(self, x):  # x: (N, in, H, W)
         conv = (self.stride, self.padding, self.dilation)
@@ -222,28 +223,10 @@ def lora_modules(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _LoRA)]
 
 
-def _prefixes(model, trainable):
-    """`trainable` names -> parameter-name prefixes; "head" also means a timm model's classifier."""
-    trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable or ())
-    cfg = getattr(model, "pretrained_cfg", None)
-    classifier = cfg.get("classifier") if isinstance(cfg, dict) else None
-    prefixes = tuple(classifier if p == "head" and classifier else p for p in trainable)
-    names = [n for n, _ in model.named_parameters()]
-    unmatched = [p for p in prefixes if not any(_has_prefix(n, (p,)) for n in names)]
-    if unmatched:
-        raise ValueError(f"trainable={list(trainable)}: {unmatched} match no parameter of "
-                         f"{type(model).__name__} (use trainable=() to train the adapters only)")
-    return prefixes
-
-
-def _has_prefix(name, prefixes):
-    # On dot boundaries: "blocks.1" means block 1, not blocks 10 and 11.
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 def apply_lora(model, targets, rank, alpha, dropout=0.0, rslora=False, trainable=("head",)):
     """Wrap, in place, every nn.Linear / nn.Conv2d whose qualified name fully matches the regex
-    `targets`; freeze every other parameter except those under a `trainable` prefix. Returns model.
+    `targets`; freeze every other parameter except those under a `trainable` prefix ("head" is
+    also timm's classifier, see woof.models.trainable_prefixes). Returns model.
 
     Everything is checked before anything changes: on a ValueError the model is untouched."""
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank <= 0:
@@ -258,7 +241,10 @@ def apply_lora(model, targets, rank, alpha, dropout=0.0, rslora=False, trainable
         pattern = re.compile(targets)
     except re.error as e:
         raise ValueError(f"targets={targets!r} is not a valid regex: {e}") from None
-    prefixes = _prefixes(model, trainable)
+    try:
+        prefixes = trainable_prefixes(model, trainable)
+    except ValueError as e:
+        raise ValueError(f"{e} (use trainable=() to train the adapters only)") from None
     matches = [(n, m) for n, m in model.named_modules() if n and pattern.fullmatch(n)]
     if not matches:
         examples = [n for n, m in model.named_modules() if type(m) in _SUPPORTED][:6]
@@ -279,7 +265,7 @@ def apply_lora(model, targets, rank, alpha, dropout=0.0, rslora=False, trainable
         lora = _SUPPORTED[type(module)](module, int(rank), alpha, float(dropout), bool(rslora))
         setattr(model.get_submodule(parent), child, lora)
     for name, p in model.named_parameters():
-        p.requires_grad_(is_lora_name(name) or _has_prefix(name, prefixes))
+        p.requires_grad_(is_lora_name(name) or has_prefix(name, prefixes))
     return model
 
 

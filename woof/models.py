@@ -31,12 +31,20 @@ def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=T
             raise FileNotFoundError(f"model.weights {weights} does not exist")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights), custom_load=False)
     from_imagenet_head = pretrained and class_indices is not None
+    if from_imagenet_head:
+        # -1 means "not an ImageNet class"; as a row index it would silently pick class 999.
+        bad = [pos for pos, i in enumerate(class_indices) if not 0 <= i < 1000]
+        if bad:
+            raise ValueError(f"class_indices={list(class_indices)}: the classes at positions {bad} have no "
+                             f"ImageNet row (0..999); use class_indices=None for a random head")
     kwargs["num_classes"] = 1000 if from_imagenet_head else num_classes
+    size = {"img_size": img_size} if img_size else {}
     try:
         # ViT-style models take img_size (and resample their position embeddings); CNNs do not.
-        size = {"img_size": img_size} if img_size else {}
         model = timm.create_model(name, pretrained=pretrained, **size, **kwargs)
-    except TypeError:
+    except TypeError as e:
+        if not size or "img_size" not in str(e):  # any other TypeError is a real error
+            raise
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if from_imagenet_head:
         old = model.get_classifier()
@@ -50,7 +58,9 @@ def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=T
 
 
 def classifier_name(model):
-    return model.pretrained_cfg.get("classifier", "head")
+    """timm's name for the classifier: "head" (ViT), "fc" (ResNet), "head.fc" (ConvNeXt)."""
+    cfg = getattr(model, "pretrained_cfg", None)  # plain nn.Modules have none
+    return cfg.get("classifier", "head") if isinstance(cfg, dict) else "head"
 
 
 def data_config(model, image_size):
@@ -58,15 +68,34 @@ def data_config(model, image_size):
     return timm.data.resolve_data_config({"input_size": (3, image_size, image_size)}, model=model)
 
 
-def _expand(prefixes, model):
-    # "head" is what users write; timm calls the classifier "fc" in ResNets.
-    return tuple(classifier_name(model) if p == "head" else p for p in prefixes)
+def trainable_prefixes(model, names):
+    """What to train, as parameter-name prefixes (for `has_prefix`). "head" means the literal
+    `head` module plus timm's classifier (`fc` in a ResNet, `head.fc` in a ConvNeXt); other names
+    are taken literally. A name that matches no parameter is a ValueError (a typo would otherwise
+    silently train nothing)."""
+    names = (names,) if isinstance(names, str) else tuple(names or ())
+    params = [n for n, _ in model.named_parameters()]
+    prefixes, unmatched = [], []
+    for name in names:
+        candidates = dict.fromkeys([name, classifier_name(model)] if name == "head" else [name])
+        found = [q for q in candidates if any(has_prefix(n, (q,)) for n in params)]
+        prefixes += found
+        unmatched += [] if found else [name]
+    if unmatched:
+        raise ValueError(f"trainable={list(names)}: {unmatched} match no parameter of {type(model).__name__}")
+    return tuple(prefixes)
+
+
+def has_prefix(name, prefixes):
+    # On dot boundaries: "blocks.1" means block 1, not blocks 10 and 11.
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def set_trainable(model, trainable=("all",), freeze_blocks=0):
     """Choose what full fine-tuning trains.
 
-    trainable: ["all"], or name prefixes such as ["head"] (linear probing) or ["head", "blocks.11"].
+    trainable: ["all"], or names as in `trainable_prefixes`: ["head"] (linear probing),
+    ["head", "blocks.11"], ...
     freeze_blocks: freeze everything up to and including block k-1 (patch embedding, position
     embedding, first k blocks). Frozen leading layers also stop backpropagation: autograd only
     records ops whose inputs need a gradient, so no activation gradient is computed below block k.
@@ -74,26 +103,22 @@ def set_trainable(model, trainable=("all",), freeze_blocks=0):
     trainable = list(trainable or ["all"])
     if freeze_blocks < 0:
         raise ValueError(f"full.freeze_blocks must be >= 0, got {freeze_blocks}")
-    names = [n for n, _ in model.named_parameters()]
-    if trainable != ["all"]:
-        prefixes = _expand(trainable, model)
-        unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
-        if unmatched:
-            raise ValueError(f"full.trainable prefixes {unmatched} match no parameter of the model")
-        for n, p in model.named_parameters():
-            p.requires_grad_(n.startswith(prefixes))
     if freeze_blocks:
-        last = -1
-        for i, n in enumerate(names):
-            block = _block_index(n)
-            if block is not None and block < freeze_blocks:
-                last = i
-        if last < 0:
+        blocks = num_blocks(model)
+        if not blocks:
             raise ValueError(f"full.freeze_blocks={freeze_blocks}: the model has no numbered blocks")
-        blocks = {b for b in map(_block_index, names) if b is not None}
-        if freeze_blocks > len(blocks):
-            raise ValueError(f"full.freeze_blocks={freeze_blocks} but the model has {len(blocks)} blocks")
-        for i, (n, p) in enumerate(model.named_parameters()):
+        if freeze_blocks > blocks:
+            raise ValueError(f"full.freeze_blocks={freeze_blocks} but the model has {blocks} blocks")
+    if trainable != ["all"]:
+        prefixes = trainable_prefixes(model, trainable)
+        for n, p in model.named_parameters():
+            p.requires_grad_(has_prefix(n, prefixes))
+    if freeze_blocks:
+        # Parameters come in forward order, so everything up to block k-1's last one is the
+        # input side of the network: embeddings, stem, the first k blocks.
+        block_of = [_block_index(n) for n, _ in model.named_parameters()]
+        last = max(i for i, b in enumerate(block_of) if b is not None and b < freeze_blocks)
+        for i, p in enumerate(model.parameters()):
             if i <= last:
                 p.requires_grad_(False)
     return model
@@ -107,9 +132,17 @@ def _block_index(param_name):
     return None
 
 
+def num_blocks(model):
+    """How many numbered blocks (ViT blocks, ResNet stages) the model has; 0 for none."""
+    return len({b for b in (_block_index(n) for n, _ in model.named_parameters()) if b is not None})
+
+
 def only_classifier_trains(model):
-    head = classifier_name(model)
-    return all(n.startswith(head) == p.requires_grad for n, p in model.named_parameters())
+    """True when exactly the classifier trains: then features can be computed once and cached.
+    The classifier alone, not all of "head": a ConvNeXt's head.norm runs before the point where
+    features are cached, so training it needs the full forward."""
+    head = (classifier_name(model),)
+    return all(has_prefix(n, head) == p.requires_grad for n, p in model.named_parameters())
 
 
 def save_model(model, out_dir, config, filename="model.safetensors"):

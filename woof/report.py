@@ -4,21 +4,21 @@ report.md whose discussion is generated from those numbers only.
 Inputs (see .tmp/SPEC.md): metrics/evaluate.json, metrics/train_{full,lora}.json and
 plots/train_{full,lora}.csv, plots/per_class.csv are required; metrics/train_probe.json (with
 evaluate.json["probe"]), metrics/cost.json, metrics/attention.json and metrics/data.json are used
-when present. Accuracies stay fractions in [0, 1] in data and JSON, percent in text and figures.
+when present. Accuracies are fractions in [0, 1] in every input (the spec) and in JSON; text and
+figures show percent.
 """
 import math
 import os
 import platform
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")  # stages run headless
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import pandas as pd
-import seaborn as sns
 
-from woof.io import atomic_path, read_json, write_json
+from woof.io import atomic_path, pyplot, read_json, save_png, write_json
+
+plt = pyplot()  # Agg before seaborn or pyplot draws anything
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 LABELS = {"zero_shot": "Zero-shot", "linear_probe": "Linear probe", "probe": "Linear probe",
           "full": "Full fine-tuning", "lora": "LoRA"}
@@ -45,13 +45,15 @@ def _row(method, ev, ev_path, train=None, train_path=None, checkpoint_key="model
                loss=ev.get("loss", NAN), n=ev.get("n", NAN))
     if train is None:  # zero-shot: nothing trained, nothing saved
         row.update(train_minutes=0.0, train_images_per_s=NAN, trainable_params=0,
-                   peak_memory_mb=NAN, checkpoint_mb=NAN)
+                   peak_memory_mb=NAN, peak_memory_kind=None, checkpoint_mb=NAN)
         return row
     row.update(train_minutes=_need(train, "train_minutes", train_path),
                train_images_per_s=train.get("train_images_per_s", NAN),
                trainable_params=_need(train, "trainable_params", train_path),
                total_params=_need(train, "total_params", train_path),
                peak_memory_mb=train.get("peak_memory_mb", NAN),
+               # "rss" (CPU: the whole process, cached dataset included) or "cuda_allocated"
+               peak_memory_kind=train.get("peak_memory_kind"),
                checkpoint_mb=_need(train, checkpoint_key, train_path))
     return row
 
@@ -136,7 +138,7 @@ def headline(df):
 
 
 def write_compare_json(df, path="metrics/compare.json"):
-    out = {m: {k: _clean(v) for k, v in row.items() if k != "method"}
+    out = {m: {k: _clean(v) for k, v in row.items() if k not in ("method", "peak_memory_kind")}
            for m, row in _by_method(df).items()}
     out.update({k: _clean(v) for k, v in headline(df).items()})
     write_json(path, out)
@@ -144,18 +146,6 @@ def write_compare_json(df, path="metrics/compare.json"):
 
 
 # ---------------------------------------------------------------- figures
-
-def _as_pct(s):
-    # Accuracies are fractions by the spec; accept percent too rather than draw 0.9 % bars.
-    return s * 100 if s.max() <= 1.0 else s
-
-
-def _save(fig, path):
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
 
 def plot_accuracy(df, path):
     d = df.melt(id_vars="method", value_vars=["top1", "top5"], var_name="metric", value_name="acc")
@@ -172,7 +162,8 @@ def plot_accuracy(df, path):
            title="ImageWoof validation accuracy per method")
     ax.set_yticks(range(0, 101, 20))
     ax.legend(loc="upper center", ncol=3, fontsize=9, frameon=False)  # above the bars, not over them
-    _save(fig, path)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def plot_params(df, path):
@@ -195,7 +186,8 @@ def plot_params(df, path):
     ax.set(xlabel="trainable parameters (log scale)", ylabel="validation top-1 (%)",
            title="Accuracy against trainable parameters")
     ax.legend(loc="upper left", fontsize=9)
-    _save(fig, path)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def load_curves(plots_dir="plots"):
@@ -216,20 +208,21 @@ def plot_curves(curves, path):
                         var_name="split", value_name="v")
         d["split"] = d.split.str.split("_").str[0]
         if what == "acc":
-            d["v"] = _as_pct(d["v"])
+            d["v"] = 100 * d["v"]
         sns.lineplot(d, x="epoch", y="v", hue="method", style="split", markers=True, ax=ax,
                      legend=ax is axes[1])
         ax.set(xlabel="epoch", ylabel=unit, title=f"{title} per epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.suptitle("Training curves per method (solid: train, dashed: validation)")
-    _save(fig, path)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
-def plot_per_class(plots_dir, path):
-    d = pd.read_csv(_exists(Path(plots_dir) / "per_class.csv"))
-    d["accuracy"] = _as_pct(d["accuracy"])
-    d["method"] = d.method.map(lambda m: LABELS.get(m, m))
+def plot_per_class(per_class, path):
+    """per_class: the columns of plots/per_class.csv (class, method, accuracy as a fraction)."""
+    d = per_class.assign(accuracy=100 * per_class.accuracy,
+                         method=per_class.method.map(lambda m: LABELS.get(m, m)))
     fig, ax = plt.subplots(figsize=(9, 0.2 * d.method.nunique() * d["class"].nunique() + 1.5))
     sns.barplot(d, y="class", x="accuracy", hue="method", ax=ax, palette="muted")
     for c in ax.containers:
@@ -237,7 +230,8 @@ def plot_per_class(plots_dir, path):
     ax.set(xlim=(0, 106), xlabel="validation accuracy (%)", ylabel="",
            title="Per-class validation accuracy")
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, title=None)
-    _save(fig, path)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def make_figures(df, plots_dir="plots", out_dir="plots"):
@@ -246,7 +240,7 @@ def make_figures(df, plots_dir="plots", out_dir="plots"):
     plot_accuracy(df, out["accuracy"])
     plot_params(df, out["params"])
     plot_curves(load_curves(plots_dir), out["curves"])
-    plot_per_class(plots_dir, out["per_class"])
+    plot_per_class(pd.read_csv(_exists(Path(plots_dir) / "per_class.csv")), out["per_class"])
     return out
 
 
@@ -299,10 +293,7 @@ def discussion(df, tie_points=TIE_POINTS):
         cost.append(f"It trained in {tl:.1f} min against {tf:.1f} min, "
                     + (f"{tf / tl:.2f}x faster." if faster else
                        f"{tl / tf:.2f}x slower." if tl / tf >= 1.05 else "about the same time."))
-    ml, mf = lora["peak_memory_mb"], full["peak_memory_mb"]
-    if ml == ml and mf == mf and mf > 0:  # NaN != NaN: skip when not measured
-        cost.append(f"Peak memory was {ml:.0f} MB against {mf:.0f} MB "
-                    f"({abs(1 - ml / mf) * 100:.0f} % {'less' if ml < mf else 'more'}).")
+    cost += _memory(full, lora)
     cl, cf = lora["checkpoint_mb"], full["checkpoint_mb"]
     smaller = cl < cf
     cost.append(f"The LoRA adapter takes {cl:.2f} MB on disk against {cf:.2f} MB for the full model "
@@ -333,18 +324,43 @@ def discussion(df, tie_points=TIE_POINTS):
     return [" ".join(para1), " ".join(cost), " ".join(when)]
 
 
-def _hardware(df_trains):
-    for t in df_trains:
-        for k in ("hardware", "gpu_name", "gpu", "device_name", "cpu_name", "cpu"):
-            if t.get(k):
-                return f"{t[k]} (from the training metrics)"
+def _memory(full, lora):
+    """The peak-memory sentence, worded for what train.py measured (peak_memory_kind)."""
+    ml, mf = lora["peak_memory_mb"], full["peak_memory_mb"]
+    if not (ml == ml and mf == mf and mf > 0):  # NaN != NaN: not measured
+        return []
+    kl, kf = lora.get("peak_memory_kind"), full.get("peak_memory_kind")
+    less = "less" if ml < mf else "more"
+    if kl != kf:
+        return [f"Peak memory was measured differently for the two runs ({kf or 'unrecorded'} vs "
+                f"{kl or 'unrecorded'}), so it is not compared."]
+    if kf == "cuda_allocated":
+        return [f"Peak GPU memory held by tensors was {ml:.0f} MB against {mf:.0f} MB "
+                f"({abs(1 - ml / mf) * 100:.0f} % {less})."]
+    # RSS (or unrecorded, as in older metrics): the whole process, including the cached dataset
+    # both runs load, so a ratio would understate the method's difference; the gap in MB does not.
+    return [f"Peak process memory (RSS, which includes the cached dataset both runs hold) was "
+            f"{ml:.0f} MB against {mf:.0f} MB, {abs(mf - ml):.0f} MB {less}."]
+
+
+def _this_machine():
     cpu = platform.processor() or platform.machine()
     try:
         names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} (the machine that wrote this report)"
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}"
+
+
+def _hardware(trains):
+    """Where the models trained (train.py's `hardware`); else this machine, labelled as such."""
+    full, lora = (t.get("hardware") for t in trains)
+    if full and full == lora:
+        return f"{full} (from metrics/train_*.json)"
+    if full or lora:
+        return f"Full fine-tuning on {full or 'unrecorded hardware'}, LoRA on {lora or 'unrecorded hardware'}"
+    return f"Not recorded by the training runs; this report was written on {_this_machine()}"
 
 
 def _section(params, name):
@@ -355,19 +371,34 @@ def _section(params, name):
 
 
 def _attention_text(att):
-    """Quote per-model CLS entropy, central-mass share and map correlations, whatever the nesting."""
-    flat = {}
-
-    def walk(d, prefix):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif isinstance(v, (int, float)):
-                flat[f"{prefix}{k}"] = v
-    walk(att, "")
-    lines = [f"- `{k}`: {v:.3f}" for k, v in flat.items()
-             if any(s in k.lower() for s in ("entropy", "center", "centre", "corr"))]
+    """metrics/attention.json (schema: woof.attention.attention_metrics) as a table and a sentence."""
+    models = [k for k, v in att.items() if isinstance(v, dict) and k not in ("corr", "rollout_corr")]
+    area = att.get("center_area", 0.5)
+    lines = [f"Attention statistics over {att.get('num_images', '?')} validation images "
+             "(`metrics/attention.json`). Entropy is normalised to [0, 1] (1 = uniform over the patches); "
+             f"centre mass is the share of attention inside the central square covering {area:.0%} of "
+             f"the image (a uniform map scores {area:g}).", "",
+             "| Model | CLS entropy | CLS centre mass | Rollout entropy | Rollout centre mass |",
+             "|:---|---:|---:|---:|---:|"]
+    for m in models:
+        a = att[m]
+        lines.append(f"| {m} | {a['cls_entropy']:.3f} | {a['center_mass']:.3f} | "
+                     f"{a['rollout_entropy']:.3f} | {a['rollout_center_mass']:.3f} |")
+    pairs = [f"{pair.replace('_', ' vs ')}: {c:.2f} (CLS), {att.get('rollout_corr', {}).get(pair, NAN):.2f} (rollout)"
+             for pair, c in att.get("corr", {}).items()]
+    if pairs:
+        lines += ["", "Pearson correlation of the maps between models, mean over the images: "
+                  + "; ".join(pairs) + "."]
     return "\n".join(lines)
+
+
+def _memory_note(df):
+    kinds = set(df.peak_memory_kind.dropna())
+    if kinds == {"cuda_allocated"}:
+        return "Peak memory: GPU memory held by tensors (`torch.cuda.max_memory_allocated`)."
+    if kinds <= {"rss"}:  # also metrics that do not say: train.py measured RSS on CPU before
+        return "Peak memory: resident memory of the whole training process, the cached dataset included."
+    return "Peak memory: measured differently per method (" + ", ".join(sorted(kinds)) + ")."
 
 
 def _setup(df, params, data, trains):
@@ -418,22 +449,23 @@ def write_report(path="report.md", df=None, params=None, metrics_dir="metrics", 
             "## Setup", "", *[f"- {s}" for s in _setup(df, params or {}, data, trains)], "",
             "## Results", "", markdown_table(df),
             "Accuracy on the validation split; checkpoint is the saved model for full fine-tuning and "
-            "the adapter file alone for LoRA.", ""]
+            "the adapter file alone for LoRA. " + _memory_note(df), ""]
     if figures:
         text += ["## Figures", ""]
         for kind, png in figures.items():
             text += image(kind, png)
-    att = {k: Path(plots_dir) / f"{k}.png" for k in ("attention_cls", "attention_rollout")}
     att_json = m / "attention.json"
-    if any(p.exists() for p in att.values()) or att_json.exists():
+    att = read_json(att_json) if att_json.exists() else None
+    if att is not None:
         text += ["## Where the models look", ""]
-        for kind, png in att.items():
-            if png.exists():
-                text += image(kind, png)
-        if att_json.exists():
-            text += ["Attention statistics (`metrics/attention.json`; lower entropy = more concentrated "
-                     "CLS attention, center = share of attention mass in the central crop):", "",
-                     _attention_text(read_json(att_json)), ""]
+        if "skipped" in att:  # e.g. a CNN backbone; its PNGs are placeholders, not worth showing
+            text += [f"No attention maps: {att['skipped']}.", ""]
+        else:
+            for kind in ("attention_cls", "attention_rollout"):
+                png = Path(plots_dir) / f"{kind}.png"
+                if png.exists():
+                    text += image(kind, png)
+            text += [_attention_text(att), ""]
     text += ["## Discussion", "", *[p + "\n" for p in discussion(df) if p]]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(text))

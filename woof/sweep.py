@@ -1,9 +1,11 @@
-"""Sweeps and comparisons with DVC experiments, and the metric diff for pull requests.
+"""Sweeps and comparisons with DVC experiments.
 
     python -m woof.sweep queue [lora probe freeze scratch fraction backbone | all] [--dry-run] [--run -j 1]
-    python -m woof.sweep wait               # after `dvc queue start`: until nothing is queued or running
+    python -m woof.sweep wait               # until nothing is queued or running (--run already waits)
     python -m woof.sweep collect            # dvc exp show --csv -> metrics/sweep*.csv, plots/sweep*.png, sweep.md
-    python -m woof.sweep pr-report --base main --out pr-report.md
+
+`queue --run -j N` is complete on its own: it queues, starts N workers and waits for the queue.
+The pull-request report is woof/pr_report.py.
 
 Every variant is a `dvc exp run --queue -n NAME -S key=value ...`: DVC re-runs only the stages
 whose params changed, so a LoRA grid point reuses the cached data and train_full stages. Results
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from woof.io import atomic_path
+from woof.io import atomic_path, pyplot, save_png
 
 RANKS = (1, 2, 4, 8, 16, 32)
 LRS = (3e-4, 1e-3, 3e-3)
@@ -176,8 +178,10 @@ def wait(timeout_s=48 * 3600, poll_s=10, cwd=None):
 
 # ------------------------------------------------------------------ reading dvc exp show --csv
 
-# column -> (file, key): DVC names a column by its key, prefixed with "file:" when another file
-# has the same key (e.g. trainable_params in train_full.json and train_lora.json).
+# column -> (file, key): DVC names a column by its key, prefixed with "file:" when another file,
+# params.yaml included, has the same key. In this pipeline evaluate.json and compare.json share
+# full.top1 etc., train_full.json and train_lora.json share trainable_params, and cost.json has a
+# lora.rank like params.yaml: those columns read "metrics/evaluate.json:full.top1", ...
 FIELDS = {
     "rank": ("params.yaml", "lora.rank"),
     "lr": ("params.yaml", "lora.lr"),
@@ -309,19 +313,9 @@ def comparison_table(df, comparison, base):
 
 
 def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    plt = pyplot()
+    import seaborn as sns  # after pyplot(): seaborn imports pyplot, which must find Agg set
     return plt, sns
-
-
-def _save(fig, path):
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
 
 
 def plot_lora(table, full_top1, zero_shot_top1, path):
@@ -348,7 +342,8 @@ def plot_lora(table, full_top1, zero_shot_top1, path):
     if failed:
         ax.text(0.99, 0.01, f"{failed} failed run(s) not plotted, see sweep.md", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize=8, color="red")
-    _save(fig, path)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def plot_comparison(table, comparison, zero_shot_top1, path):
@@ -372,7 +367,8 @@ def plot_comparison(table, comparison, zero_shot_top1, path):
     ax.set(xlabel=label, ylabel="validation top-1 (%)", title=f"Comparison: {label}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=9)
-    _save(fig, path)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def _markdown(df):
@@ -447,115 +443,6 @@ def collect(csv_text, metrics_dir="metrics", plots_dir="plots", summary="sweep.m
     return tables
 
 
-# ------------------------------------------------------------------ pull-request report
-
-def _base_bytes(path, base, cwd=None):
-    """The file at the base revision: from git (cache: false outputs), else from the DVC cache."""
-    proc = subprocess.run(["git", "show", f"{base}:{path}"], cwd=cwd, capture_output=True)
-    if proc.returncode == 0:
-        return proc.stdout
-    try:
-        import dvc.api
-        return dvc.api.read(str(path), repo=str(cwd or "."), rev=base, mode="rb")
-    except Exception:  # not tracked at base, or not in the local cache / no remote
-        return None
-
-
-def _plot_files(base, plots_dir, cwd=None):
-    root = Path(cwd or ".")
-    here = {str(p.relative_to(root)) for p in (root / plots_dir).rglob("*") if p.is_file()} \
-        if (root / plots_dir).exists() else set()
-    at_base = subprocess.run(["git", "ls-tree", "-r", "--name-only", base, "--", plots_dir], cwd=cwd,
-                             capture_output=True, text=True).stdout.split()
-    return sorted(here | set(at_base))
-
-
-def changed_plots(base, plots_dir="plots", cwd=None):
-    """[(path, old bytes or None, new bytes or None)] for plot files that differ from base."""
-    root = Path(cwd or ".")
-    out = []
-    for path in _plot_files(base, plots_dir, cwd):
-        new = (root / path).read_bytes() if (root / path).exists() else None
-        old = _base_bytes(path, base, cwd)
-        if old != new:
-            out.append((path, old, new))
-    return out
-
-
-def _short(rev):
-    return rev[:8] if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev) else rev
-
-
-def render_plot(path, old, new, base, out_dir):
-    """A PNG for one changed plot, with the project's plotting code; None if there is none."""
-    from woof import report
-    name = Path(path).name
-    out = Path(out_dir) / (Path(path).stem + ".png")
-    if name.endswith(".png") and new is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(new)  # already a figure made by the pipeline
-        return out
-    versions = [(_short(base), old), ("this PR", new)]
-    frames = [(label, pd.read_csv(io.BytesIO(b))) for label, b in versions if b is not None]
-    if not frames:
-        return None
-    if name.startswith("train_") and name.endswith(".csv"):  # learning curves
-        method = name[len("train_"):-len(".csv")]
-        curves = pd.concat([f.assign(method=f"{method} ({label})") for label, f in frames], ignore_index=True)
-        report.plot_curves(curves, out)
-        return out
-    if name == "per_class.csv":
-        import tempfile
-        d = pd.concat([f.assign(method=f.method.map(lambda m: report.LABELS.get(m, m)) + f" ({label})")
-                       for label, f in frames], ignore_index=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            d.to_csv(Path(tmp) / "per_class.csv", index=False)
-            report.plot_per_class(tmp, out)
-        return out
-    return None  # e.g. prediction lists: a table in `dvc plots diff` is more useful than a figure
-
-
-def pr_report(base="main", out="pr-report.md", plots_dir="plots", cwd=None):
-    """Markdown of `dvc metrics diff`, `dvc params diff` and the changed plots against base."""
-    import json
-    metrics_md = dvc("metrics", "diff", base, "--md", cwd=cwd).strip()
-    metrics = json.loads(dvc("metrics", "diff", base, "--json", cwd=cwd) or "{}")
-    params_md = dvc("params", "diff", base, "--md", cwd=cwd).strip()
-    # With nothing changed dvc still prints an empty table header: say so in words instead.
-    if not any(metrics.values()):
-        metrics_md = ""
-    if not any(json.loads(dvc("params", "diff", base, "--json", cwd=cwd) or "{}").values()):
-        params_md = ""
-    lines = [f"## DVC report: this branch vs `{_short(base)}`", ""]
-    headline = []
-    for file, entries in metrics.items():
-        for key, v in entries.items():
-            if "top1" in key and v.get("old") is not None and v.get("new") is not None:
-                headline.append(f"- **{key}** ({file}): {100 * v['old']:.2f} % -> {100 * v['new']:.2f} % "
-                                f"({100 * (v['new'] - v['old']):+.2f} points)")
-    if headline:
-        lines += headline + [""]
-    lines += ["### Metrics", "", metrics_md or "No metric changed.", "",
-              "### Params", "", params_md or "No parameter changed.", ""]
-    out = Path(out)
-    fig_dir = out.parent / (out.stem + "_plots")
-    plots = changed_plots(base, plots_dir, cwd)
-    lines += ["### Changed plots", ""]
-    if not plots:
-        lines += ["No plot changed."]
-    for path, old, new in plots:
-        state = "added" if old is None else "removed" if new is None else "changed"
-        png = render_plot(path, old, new, base, Path(cwd or ".") / fig_dir) if new is not None else None
-        if png is not None:
-            # Linked relative to the Markdown file, next to which the folder lies.
-            lines += [f"- `{path}` ({state})", "", f"  ![{path}]({fig_dir.name}/{png.name})", ""]
-        else:
-            lines += [f"- `{path}` ({state})"]
-    with atomic_path(Path(cwd or ".") / out) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    return (Path(cwd or ".") / out).read_text()
-
-
 # ------------------------------------------------------------------ command line
 
 def main(argv=None):
@@ -572,7 +459,7 @@ def main(argv=None):
     q.add_argument("--backbone-weights", default=None, help="local weights file (default: timm download)")
     q.add_argument("--copy-path", action="append", default=[], help="untracked path the experiments need")
     q.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
-    q.add_argument("--run", action="store_true", help="then `dvc queue start` and wait")
+    q.add_argument("--run", action="store_true", help="then start the workers (`dvc queue start`) and wait")
     q.add_argument("-j", "--jobs", type=int, default=1, help="queue workers (more than 1 has raced in DVC)")
     w = sub.add_parser("wait", help="wait until the DVC queue has nothing queued or running")
     w.add_argument("--timeout-h", type=float, default=48)
@@ -582,10 +469,6 @@ def main(argv=None):
     c.add_argument("--metrics-dir", default="metrics")
     c.add_argument("--plots-dir", default="plots")
     c.add_argument("--summary", default="sweep.md")
-    p = sub.add_parser("pr-report", help="Markdown of dvc metrics/params diff against a base revision")
-    p.add_argument("--base", default="main")
-    p.add_argument("--out", default="pr-report.md")
-    p.add_argument("--plots-dir", default="plots")
     args = ap.parse_args(argv)
 
     if args.cmd == "queue":
@@ -605,8 +488,6 @@ def main(argv=None):
         print(Path(args.summary).read_text())
         if not tables:
             print("no experiment found: queue some with `python -m woof.sweep queue`", file=sys.stderr)
-    elif args.cmd == "pr-report":
-        print(pr_report(args.base, args.out, args.plots_dir))
 
 
 if __name__ == "__main__":

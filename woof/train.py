@@ -17,12 +17,13 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from woof import lora
-from woof.data import center_crop, normalize, random_resized_crop_flip
+from woof.data import center_crop, normalize, random_resized_crop_flip, sha256_file
 from woof.evaluate import autocast, classification_metrics, predict
 from woof.io import atomic_path
 from woof.models import create_model, only_classifier_trains, set_trainable
 
+
+EVAL_BATCH_SIZE = 128  # inference only: it changes speed, never results
 
 # ---------------------------------------------------------------------------------------------
 # building the model for a method
@@ -39,6 +40,7 @@ def build_model(method, params, classes):
                          img_size=params["data"]["image_size"], weights=model_cfg.get("weights"),
                          pretrained=pretrained, class_indices=indices if head_from_imagenet else None)
     if method == "lora":
+        from woof import lora  # only the LoRA path needs it: lora.py is no dependency of train_full
         lora.apply_lora(model, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"],
                         dropout=cfg.get("dropout", 0.0), rslora=cfg.get("rslora", False),
                         trainable=tuple(cfg.get("trainable", ["head"])))
@@ -86,12 +88,14 @@ def all_sum(values, device):
 # optimisation
 
 def make_optimizer(model, cfg, steps_per_epoch):
-    """AdamW without weight decay on biases, norms and embeddings-like vectors; linear warmup then
-    cosine decay to 0, stepped every batch."""
+    """AdamW without weight decay on biases, norms and the parameters the model itself exempts
+    (timm's no_weight_decay(): position embedding, class token); linear warmup then cosine decay
+    to 0, stepped every batch."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (no_decay if p.ndim < 2 or name in skip else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.get("weight_decay", 0.0)},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg["lr"])
     total = cfg["epochs"] * steps_per_epoch
@@ -122,7 +126,7 @@ def fit(model, train, val, cfg, data_cfg, ckpt_dir=None, fingerprint="", device=
     images, labels = train
     if cfg["batch_size"] % world:
         raise ValueError(f"batch_size {cfg['batch_size']} is not divisible by {world} processes")
-    if only_classifier_trains(model) and cfg.get("cache_features", True):
+    if only_classifier_trains(model):
         return fit_linear_probe(model, train, val, cfg, data_cfg, device, precision, rank)
     steps = len(images) // cfg["batch_size"]
     if steps == 0:
@@ -167,8 +171,6 @@ def fit(model, train, val, cfg, data_cfg, ckpt_dir=None, fingerprint="", device=
                 loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.get("grad_clip"):
-                nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             opt.step()
             sched.step()
             totals[0] += loss.item() * len(y)
@@ -195,7 +197,7 @@ def evaluate_sharded(model, val, data_cfg, cfg, device, precision):
     """Val loss and top-1 with each rank predicting its own shard, summed over ranks."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     images, labels = val[0][rank::world], val[1][rank::world]
-    logits, _ = predict(model, images, data_cfg, cfg.get("eval_batch_size", 128), device, precision)
+    logits, _ = predict(model, images, data_cfg, EVAL_BATCH_SIZE, device, precision)
     m = classification_metrics(logits, labels)
     loss_sum, correct, count = all_sum([m["loss"] * m["n"], m["top1"] * m["n"], m["n"]], device)
     return {"loss": loss_sum / count, "top1": correct / count}
@@ -219,15 +221,13 @@ def fit_linear_probe(model, train, val, cfg, data_cfg, device, precision, rank=0
     head = model.get_classifier()
     model.to(device)
     start = time.perf_counter()
+    def features(x):
+        return model.forward_head(model.forward_features(x), pre_logits=True)  # (B, D)
     feats = {}
     for name, (images, labels) in (("train", (center_crop(train[0], size), train[1])), ("val", val)):
-        with torch.no_grad(), autocast(device, precision):
-            out = []
-            model.eval()
-            for i in tqdm(range(0, len(images), 128), desc=f"features {name}", disable=rank != 0):
-                x = normalize(images[i:i + 128].to(device), data_cfg["mean"], data_cfg["std"])
-                out.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
-        feats[name] = (torch.cat(out), labels.to(device))
+        out, _ = predict(model, images, data_cfg, EVAL_BATCH_SIZE, device, precision,
+                         desc=f"features {name}" if rank == 0 else None, forward=features)
+        feats[name] = (out.to(device), labels.to(device))
     extract_seconds = time.perf_counter() - start
     x_train, y_train = feats["train"]
     steps = max(1, len(x_train) // cfg["batch_size"])
@@ -266,12 +266,22 @@ def fit_linear_probe(model, train, val, cfg, data_cfg, device, precision, rank=0
 def fingerprint(params, method, train_file):
     """Identifies a run: a checkpoint is resumed only by the run it was written by."""
     h = hashlib.sha256()
-    h.update(json.dumps([params[method], params["model"], params["data"], params.get("train", {})],
-                        sort_keys=True, default=str).encode())
-    with open(train_file, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
+    h.update(json.dumps([params[method], params["model"], params["data"]["image_size"],
+                         params.get("train", {})], sort_keys=True, default=str).encode())
+    h.update(sha256_file(train_file).encode())
     return h.hexdigest()
+
+
+def machine(device="cpu"):
+    """What the numbers were measured on, for metrics and reports: GPU name, or CPU model and cores."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "CPU"
+    return f"{model} ({os.cpu_count()} cores)"
 
 
 def peak_memory_mb(device):
@@ -280,6 +290,19 @@ def peak_memory_mb(device):
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_metrics(history, model, device, minutes, world_size=1):
+    """The flat metrics of a training run (metrics/train_<method>.json)."""
+    last = history[-1]
+    seconds = sum(h["epoch_seconds"] for h in history)
+    cuda = str(device).startswith("cuda")
+    return {"epochs": len(history), "world_size": world_size, "hardware": machine(device),
+            "train_minutes": minutes,
+            "train_images_per_s": sum(h["epoch_seconds"] * h["images_per_s"] for h in history) / seconds,
+            **parameter_counts(model), "peak_memory_mb": peak_memory_mb(device),
+            "peak_memory_kind": "cuda_allocated" if cuda else "rss",
+            **{f"final_{k}": last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}}
 
 
 def parameter_counts(model):
