@@ -69,7 +69,7 @@ ci-small: $(VENV)/.runtime
 	dvc exp run $(SMALL)
 
 pr-report: $(VENV)/.runtime      ## Markdown of metric/param diffs against BASE, for a pull request
-	$(PY) -m woof.sweep pr-report --base $(BASE) --out pr-report.md
+	$(PY) -m woof.pr_report --base $(BASE) --out pr-report.md
 
 clean-venv:
 	rm -rf $(VENV)
