@@ -9,7 +9,6 @@ figures show percent.
 """
 import math
 import os
-import platform
 from pathlib import Path
 
 import pandas as pd
@@ -343,16 +342,6 @@ def _memory(full, lora):
             f"{ml:.0f} MB against {mf:.0f} MB, {abs(mf - ml):.0f} MB {less}."]
 
 
-def _this_machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}"
-
-
 def _hardware(trains):
     """Where the models trained (train.py's `hardware`); else this machine, labelled as such."""
     full, lora = (t.get("hardware") for t in trains)
@@ -360,7 +349,8 @@ def _hardware(trains):
         return f"{full} (from metrics/train_*.json)"
     if full or lora:
         return f"Full fine-tuning on {full or 'unrecorded hardware'}, LoRA on {lora or 'unrecorded hardware'}"
-    return f"Not recorded by the training runs; this report was written on {_this_machine()}"
+    from woof.train import machine  # the description the training runs record
+    return f"Not recorded by the training runs; this report was written on {machine()}"
 
 
 def _section(params, name):
