@@ -14,5 +14,5 @@ def test_every_row_of_the_full_table_runs():
     # Counted FLOPs: a frozen prefix has no backward, a probe none through the backbone at all.
     assert probe["gflops"] * probe["step_ms"] < frozen["gflops"] * frozen["step_ms"] \
         < full["gflops"] * full["step_ms"]
-    table = bench.markdown(results, peak_gflops=100.0)
+    table = bench.markdown(results, peak_gflops={"fp32": 100.0, "bf16": 400.0})
     assert table.count("\n") == len(results) + 1 and "data: ImageFolder" in table

@@ -336,8 +336,9 @@ def markdown(results, reference="full fine-tuning", peak_gflops=None):
         speedup = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
         trainable = "-" if r["trainable"] is None else f"{r['trainable']:,}"
         gflops = f"{r['gflops']:.0f}" if r["gflops"] else "-"
-        if r["gflops"] and peak_gflops:
-            gflops += f" ({100 * r['gflops'] / peak_gflops:.0f}%)"
+        peak = (peak_gflops or {}).get("bf16" if "bf16" in name else "fp32")
+        if r["gflops"] and peak:
+            gflops += f" ({100 * r['gflops'] / peak:.0f}%)"
         lines.append(f"| {name} | {trainable} | {r['images_per_s']:.1f} | {speedup} | "
                      f"{r['step_ms']:.0f} | {gflops} | {r['peak_mb']:.0f} |")
     return "\n".join(lines)
@@ -362,9 +363,9 @@ def main(argv=None):
     results = run(SUITES[args.suite], args.model, args.batch_size, args.image_size, args.steps,
                   args.warmup, args.device)
     peak = {"fp32": matmul_gflops(args.device), "bf16": matmul_gflops(args.device, dtype=torch.bfloat16)}
-    print(markdown(results, peak_gflops=peak["fp32"]))
+    print(markdown(results, peak_gflops=peak))
     print(f"\nLarge matmul (2048^3) on this machine: {peak['fp32']:.0f} GFLOP/s fp32, "
-          f"{peak['bf16']:.0f} GFLOP/s bf16; the % column is against fp32.")
+          f"{peak['bf16']:.0f} GFLOP/s bf16; the % column is against the row's precision.")
     if "linear probe, cached features (5 epochs)" in results:
         probe = results["linear probe, cached features (5 epochs)"]
         forward = results["inference forward pass (reference for the probe)"]
