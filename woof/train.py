@@ -76,6 +76,10 @@ def init_distributed(device="auto"):
     return rank, world, "cpu"
 
 
+def rank_and_world():
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
 def all_sum(values, device):
     """Sum a list of floats over ranks."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -120,7 +124,7 @@ def fit(model, train, val, cfg, data_cfg, ckpt_dir=None, fingerprint="", device=
     ckpt_dir: where the per-epoch checkpoint lives; a checkpoint with the same fingerprint is
     resumed from, any other is ignored."""
     check_config(cfg)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_and_world()
     torch.manual_seed(cfg.get("seed", 0))
     size = data_cfg["input_size"][-1]
     images, labels = train
@@ -179,7 +183,7 @@ def fit(model, train, val, cfg, data_cfg, ckpt_dir=None, fingerprint="", device=
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
         train_seconds = time.perf_counter() - start
         loss_sum, correct, count = all_sum(totals, device)
-        val_metrics = evaluate_sharded(model, val, data_cfg, cfg, device, precision)
+        val_metrics = evaluate_sharded(model, val, data_cfg, device, precision)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count,
                         "val_loss": val_metrics["loss"], "val_acc": val_metrics["top1"],
                         "epoch_seconds": train_seconds, "images_per_s": count / train_seconds,
@@ -193,9 +197,9 @@ def fit(model, train, val, cfg, data_cfg, ckpt_dir=None, fingerprint="", device=
     return history
 
 
-def evaluate_sharded(model, val, data_cfg, cfg, device, precision):
+def evaluate_sharded(model, val, data_cfg, device, precision):
     """Val loss and top-1 with each rank predicting its own shard, summed over ranks."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_and_world()
     images, labels = val[0][rank::world], val[1][rank::world]
     logits, _ = predict(model, images, data_cfg, EVAL_BATCH_SIZE, device, precision)
     m = classification_metrics(logits, labels)
