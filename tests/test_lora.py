@@ -423,3 +423,23 @@ def test_benchmark_runs_and_prints_a_table():
     assert all(r["images_per_s"] > 0 and r["peak_mb"] > 0 for r in results.values())
     # The frozen backbone has no weight gradients or AdamW state: it must need less memory.
     assert results["LoRA ours r=8 qkv +head"]["peak_mb"] < results["full fine-tuning"]["peak_mb"]
+
+
+def test_benchmark_ablation_skips_only_the_adapter_gradients():
+    """The "adapters frozen" row must still backpropagate through every block (else it would
+    time a linear probe) while computing no adapter gradient."""
+    from woof import bench
+    torch.manual_seed(0)
+    batch = (torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))
+    step = bench._adapters_frozen(vit(32), batch)
+    model = step.model
+    assert len(lora_modules(model)) == 48
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == ["head.bias", "head.weight", "pos_embed"]
+    seen = []
+    model.blocks[0].attn.qkv.register_full_backward_hook(lambda m, gin, gout: seen.append(gout[0].shape))
+    pos_embed, lora_a = model.pos_embed.detach().clone(), model.blocks[0].attn.qkv.lora_A.detach().clone()
+    step()
+    assert seen, "no gradient reached block 0"
+    assert not torch.equal(model.pos_embed, pos_embed)
+    assert torch.equal(model.blocks[0].attn.qkv.lora_A, lora_a)
