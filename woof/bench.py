@@ -169,7 +169,8 @@ def _adapters_frozen(model, batch):
     every input gradient computed), but with the adapters frozen, so the backward skips the four
     rank-r products of dA and dB and AdamW skips the adapters. Its gap to "ours" is what the
     adapter gradients cost. The position embedding trains, as in "bound", so that
-    backpropagation still runs through every block."""
+    backpropagation still runs through every block (down to block 0's input, which "ours" skips:
+    if anything, the gap understates that cost)."""
     apply_lora(model, ALL_LINEAR, rank=8, alpha=16, trainable=("head",))
     for name, p in model.named_parameters():
         p.requires_grad_(name == "pos_embed" or name.startswith("head."))
