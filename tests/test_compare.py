@@ -15,7 +15,7 @@ CLASSES = ["Shih-Tzu", "beagle", "Samoyed"]
 
 
 def fabricate(root, full_top1=0.95, lora_top1=0.90, probe=False):
-    """Metrics and plots as the earlier stages write them (see .tmp/SPEC.md)."""
+    """Metrics and plots as the earlier stages write them."""
     m, p = root / "metrics", root / "plots"
     m.mkdir(parents=True, exist_ok=True)
     p.mkdir(parents=True, exist_ok=True)

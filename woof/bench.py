@@ -171,10 +171,7 @@ def _adapters_frozen(model, batch):
     adapter gradients cost. The position embedding trains, as in "bound", so that
     backpropagation still runs through every block (down to block 0's input, which "ours" skips:
     if anything, the gap understates that cost)."""
-    apply_lora(model, ALL_LINEAR, rank=8, alpha=16, trainable=("head",))
-    for name, p in model.named_parameters():
-        p.requires_grad_(name == "pos_embed" or name.startswith("head."))
-    return train_step(model, batch)
+    return _bound(apply_lora(model, ALL_LINEAR, rank=8, alpha=16, trainable=("head",)), batch)
 
 
 LORA_ROWS = {

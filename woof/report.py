@@ -1,10 +1,10 @@
 """The compare stage's logic: one table of every method's accuracy and cost, the figures, and a
 report.md whose discussion is generated from those numbers only.
 
-Inputs (see .tmp/SPEC.md): metrics/evaluate.json, metrics/train_{full,lora}.json and
+Inputs: metrics/evaluate.json, metrics/train_{full,lora}.json and
 plots/train_{full,lora}.csv, plots/per_class.csv are required; metrics/train_probe.json (with
 evaluate.json["probe"]), metrics/cost.json, metrics/attention.json and metrics/data.json are used
-when present. Accuracies are fractions in [0, 1] in every input (the spec) and in JSON; text and
+when present. Accuracies are fractions in [0, 1] in every input and in JSON; text and
 figures show percent.
 """
 import math
