@@ -1,5 +1,7 @@
 """The benchmark's rows run and report sane numbers (speed itself is not asserted here: it is
 measured by `python -m woof.bench all`, never by a timed test)."""
+import pytest
+
 from woof import bench
 
 
@@ -16,3 +18,24 @@ def test_every_row_of_the_full_table_runs():
         < full["gflops"] * full["step_ms"]
     table = bench.markdown(results, peak_gflops={"fp32": 100.0, "bf16": 400.0})
     assert table.count("\n") == len(results) + 1 and "data: ImageFolder" in table
+
+
+def test_speedup_pairs_the_calls_of_a_round():
+    """The machine slows down 5x over the run; the row is 1.25x faster in every round. Pairing
+    round by round sees exactly 1.25x; one interrupted call moves neither the median nor the IQR
+    by much."""
+    full = [0.1 * (1 + i) for i in range(20)]
+    lora = [t / 1.25 for t in full]
+    assert bench.paired_speedup(full, lora) == pytest.approx((1.25, 1.25, 1.25))
+    lora[7] *= 4  # another process took the CPU during this call
+    mid, q1, q3 = bench.paired_speedup(full, lora)
+    assert mid == pytest.approx(1.25) and q1 == pytest.approx(1.25) and q3 == pytest.approx(1.25)
+    for i in (3, 11, 15, 17, 19):  # a quarter of the calls slowed down: the IQR widens
+        lora[i] *= 1.5
+    mid, q1, q3 = bench.paired_speedup(full, lora)
+    assert q1 < 1.0 and mid == pytest.approx(1.25) and q3 == pytest.approx(1.25)
+    row = {"images": 32, "trainable": 1, "gflops": None, "peak_mb": 1.0}
+    results = {"full fine-tuning": dict(row, times=full, images_per_s=32 / 1.05, step_ms=1050),
+               "LoRA": dict(row, times=[t / 1.25 for t in full], images_per_s=32 / 0.84, step_ms=840)}
+    assert "| full fine-tuning | 1 | 30.5 | 1.00x | 1050 |" in bench.markdown(results)
+    assert "| LoRA | 1 | 38.1 | 1.25x (1.25-1.25) | 840 |" in bench.markdown(results)

@@ -7,7 +7,9 @@ the same batch, so rows differ only by the method. To add rows, add entries to a
 
 Throughput: a few warmup calls, then the median of timed calls, the rows taking turns call by call
 (this CPU is shared: interleaving spreads another process's load over all rows alike, the median
-drops the calls it interrupted).
+drops the calls it interrupted). "vs full" pairs the calls of one round: the median of the
+per-round ratios full/row, with their interquartile range, so a reader sees how much of a
+difference between two rows is noise.
 Peak memory: on CUDA, torch.cuda.max_memory_allocated over one call. On CPU there is no allocator
 counter, so one extra call runs under torch.profiler(profile_memory=True) and we replay its
 allocator events (every CPU allocation and free, in time order): peak = bytes alive before the call
@@ -62,8 +64,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(steps, n=10, warmup=3, device="cpu"):
-    """Median seconds per call of each closure in `steps` (name -> callable), interleaved."""
+def time_steps(steps, n=20, warmup=3, device="cpu"):
+    """Seconds of each of `n` calls of each closure in `steps` (name -> callable), interleaved:
+    call i of every closure runs in round i."""
     device = torch.device(device)
     names = list(steps)
     for name in names:  # warmup: first-call allocations, AdamW state, oneDNN kernel selection
@@ -77,7 +80,7 @@ def time_steps(steps, n=10, warmup=3, device="cpu"):
             steps[name]()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def _distinct_bytes(tensors):
@@ -120,11 +123,12 @@ def peak_memory_mb(step, device="cpu"):
     return (before + peak) / 2**20
 
 
-def measure(step, seconds, device="cpu"):
-    """One table row for a closure timed at `seconds` per call."""
-    row = {"images_per_s": step.images / seconds, "step_ms": 1000 * seconds,
-           "peak_mb": peak_memory_mb(step, device), "trainable": None, "total": None,
-           "gflops": count_flops(step) / seconds / 1e9}
+def measure(step, times, device="cpu"):
+    """One table row for a closure whose calls took `times` seconds."""
+    seconds = statistics.median(times)
+    row = {"images": step.images, "times": times, "images_per_s": step.images / seconds,
+           "step_ms": 1000 * seconds, "peak_mb": peak_memory_mb(step, device),
+           "gflops": count_flops(step) / seconds / 1e9, "trainable": None, "total": None}
     if hasattr(step, "model"):
         counts = count_parameters(step.model)
         row.update(trainable=counts["trainable"], total=counts["total"])
@@ -316,11 +320,11 @@ SUITES = {"lora": LORA_ROWS, "all": ALL_ROWS}
 def matmul_gflops(device="cpu", n=2048, dtype=torch.float32, repeats=5):
     """What this machine's BLAS reaches on a large square matmul: the ceiling for the rows above."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    seconds = time_steps({"mm": lambda: a @ b}, repeats, 2, device)["mm"]
+    seconds = statistics.median(time_steps({"mm": lambda: a @ b}, repeats, 2, device)["mm"])
     return 2 * n ** 3 / seconds / 1e9
 
 
-def run(rows, model_name="vit_tiny_patch16_224", batch_size=32, image_size=160, steps=10, warmup=3,
+def run(rows, model_name="vit_tiny_patch16_224", batch_size=32, image_size=160, steps=20, warmup=3,
         device="cpu", seed=0):
     """Set every row up (same seed: same initial weights, same batch), then time them interleaved."""
     device = torch.device(device)
@@ -335,16 +339,31 @@ def run(rows, model_name="vit_tiny_patch16_224", batch_size=32, image_size=160, 
             step_of[name] = setup(model, batch)
         except ImportError as e:  # PEFT rows without PEFT installed (requirements-dev.txt)
             print(f"  skipped {name!r}: {e}", flush=True)
-    seconds = time_steps(step_of, steps, warmup, device)
-    return {name: measure(step, seconds[name], device) for name, step in step_of.items()}
+    times = time_steps(step_of, steps, warmup, device)
+    return {name: measure(step, times[name], device) for name, step in step_of.items()}
+
+
+def paired_speedup(ref_times, times):
+    """Median and quartiles of ref/row over the rounds (call i of both ran in round i)."""
+    ratios = [r / t for r, t in zip(ref_times, times)]
+    if len(ratios) < 2:
+        return statistics.median(ratios), None, None
+    q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q2, q1, q3
 
 
 def markdown(results, reference="full fine-tuning", peak_gflops=None):
-    ref = results.get(reference, {}).get("images_per_s")
-    lines = ["| method | trainable params | images/s | vs full | step ms | GFLOP/s | peak memory MB |",
+    ref = results.get(reference)
+    lines = ["| method | trainable params | images/s | vs full (IQR) | step ms | GFLOP/s | peak memory MB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
-        speedup = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
+        speedup = "-"
+        if ref:  # per image: a call may count several passes over its batch (the cached probe)
+            mid, q1, q3 = paired_speedup(ref["times"], r["times"])
+            per_image = r["images"] / ref["images"]
+            speedup = f"{mid * per_image:.2f}x"
+            if q1 is not None and name != reference:
+                speedup += f" ({q1 * per_image:.2f}-{q3 * per_image:.2f})"
         trainable = "-" if r["trainable"] is None else f"{r['trainable']:,}"
         gflops = f"{r['gflops']:.0f}" if r["gflops"] else "-"
         peak = (peak_gflops or {}).get("bf16" if "bf16" in name else "fp32")
@@ -359,7 +378,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", nargs="?", default="lora", choices=sorted(SUITES))
     parser.add_argument("--model", default="vit_tiny_patch16_224")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=160)
