@@ -21,7 +21,7 @@ def test_every_row_of_the_full_table_runs():
 
 
 def test_speedup_pairs_the_calls_of_a_round():
-    """The machine slows down 5x over the run; the row is 1.25x faster in every round. Pairing
+    """The machine slows down 20x over the run; the row is 1.25x faster in every round. Pairing
     round by round sees exactly 1.25x; one interrupted call moves neither the median nor the IQR
     by much."""
     full = [0.1 * (1 + i) for i in range(20)]

@@ -345,7 +345,7 @@ def run(rows, model_name="vit_tiny_patch16_224", batch_size=32, image_size=160, 
 
 def paired_speedup(ref_times, times):
     """Median and quartiles of ref/row over the rounds (call i of both ran in round i)."""
-    ratios = [r / t for r, t in zip(ref_times, times)]
+    ratios = [r / t for r, t in zip(ref_times, times, strict=True)]
     if len(ratios) < 2:
         return statistics.median(ratios), None, None
     q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
