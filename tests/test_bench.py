@@ -39,3 +39,14 @@ def test_speedup_pairs_the_calls_of_a_round():
                "LoRA": dict(row, times=[t / 1.25 for t in full], images_per_s=32 / 0.84, step_ms=840)}
     assert "| full fine-tuning | 1 | 30.5 | 1.00x | 1050 |" in bench.markdown(results)
     assert "| LoRA | 1 | 38.1 | 1.25x (1.25-1.25) | 840 |" in bench.markdown(results)
+
+
+def test_head_to_head_pairs_ours_with_peft_on_the_same_configuration():
+    config = bench.HEAD_TO_HEAD[0]
+    peft = [0.5 + 0.01 * i for i in range(8)]
+    results = {f"LoRA ours {config}": {"times": [t / 1.3 for t in peft]},
+               f"LoRA PEFT {config}": {"times": peft},
+               "LoRA ours r=8 qkv +head": {"times": peft}}  # its PEFT row is missing: no line
+    assert bench.head_to_head(results) == f"- ours vs PEFT, {config}: 1.30x (IQR 1.30-1.30)"
+    del results[f"LoRA PEFT {config}"]
+    assert bench.head_to_head(results) == ""

@@ -352,6 +352,22 @@ def paired_speedup(ref_times, times):
     return q2, q1, q3
 
 
+# Ours against PEFT on the same configuration (a target of issue 2), paired round by round too.
+HEAD_TO_HEAD = ("r=8 qkv+proj+fc1+fc2 +head", "r=8 qkv +head", "r=8 qkv+proj+fc1+fc2 +head, bf16")
+
+
+def head_to_head(results):
+    """A line per configuration with both "LoRA ours" and "LoRA PEFT" rows: ours' speed-up, IQR."""
+    lines = []
+    for config in HEAD_TO_HEAD:
+        ours, peft = results.get(f"LoRA ours {config}"), results.get(f"LoRA PEFT {config}")
+        if ours and peft:
+            mid, q1, q3 = paired_speedup(peft["times"], ours["times"])
+            iqr = "" if q1 is None else f" (IQR {q1:.2f}-{q3:.2f})"
+            lines.append(f"- ours vs PEFT, {config}: {mid:.2f}x{iqr}")
+    return "\n".join(lines)
+
+
 def markdown(results, reference="full fine-tuning", peak_gflops=None):
     ref = results.get(reference)
     lines = ["| method | trainable params | images/s | vs full (IQR) | step ms | GFLOP/s | peak memory MB |",
@@ -394,6 +410,8 @@ def main(argv=None):
                   args.warmup, args.device)
     peak = {"fp32": matmul_gflops(args.device), "bf16": matmul_gflops(args.device, dtype=torch.bfloat16)}
     print(markdown(results, peak_gflops=peak))
+    if pairs := head_to_head(results):
+        print(f"\nSame configuration, paired by round:\n{pairs}")
     print(f"\nLarge matmul (2048^3) on this machine: {peak['fp32']:.0f} GFLOP/s fp32, "
           f"{peak['bf16']:.0f} GFLOP/s bf16; the % column is against the row's precision.")
     if "linear probe, cached features (5 epochs)" in results:
