@@ -50,3 +50,7 @@ def test_head_to_head_pairs_ours_with_peft_on_the_same_configuration():
     assert bench.head_to_head(results) == f"- ours vs PEFT, {config}: 1.30x (IQR 1.30-1.30)"
     del results[f"LoRA PEFT {config}"]
     assert bench.head_to_head(results) == ""
+    # HEAD_TO_HEAD finds its rows by name: a renamed row would drop its line without a word.
+    names = set(bench.LORA_ROWS) | set(bench.ALL_ROWS)
+    for config in bench.HEAD_TO_HEAD:
+        assert {f"LoRA ours {config}", f"LoRA PEFT {config}"} <= names, config
