@@ -1,26 +1,34 @@
-"""Stage evaluate: the zero-shot baseline and both fine-tuned models on the val split."""
-from woof.data import load_classes, load_split
+"""Stage evaluate: the zero-shot baseline and both fine-tuned models on every evaluation split
+(val, and test under data.split=clean_test), with confidence intervals and per-image predictions."""
+
+from woof.data import load_classes, load_eval_splits
 from woof.evaluate import evaluate_models
-from woof.io import load_params, write_csv, write_json
-from woof.models import create_model, load_model
+from woof.io import atomic_path, load_params, write_csv, write_json
+from woof.models import create_model, load_model, pretrained_weights
+
+PREDICTIONS = "plots/predictions"  # {split}_{model}.csv: file, actual, predicted (confusion, paired tests)
 
 if __name__ == "__main__":
     params = load_params()
     classes = load_classes("data/prepared/classes.json")
-    images, labels = load_split("data/prepared/val.safetensors")
+    splits = load_eval_splits("data/prepared")
     # The untrained model whose 10-class head is the ImageNet head restricted to our breeds.
     models = {"zero_shot": create_model(params["model"]["name"], num_classes=len(classes),
                                         img_size=params["data"]["image_size"],
-                                        weights=params["model"]["weights"],
+                                        weights=pretrained_weights(params["model"]),
                                         class_indices=[c["imagenet_index"] for c in classes])}
     models.update({m: load_model(f"models/{m}")[0] for m in ("full", "lora")})
     metrics, per_class, predictions = evaluate_models(
-        models, images, labels, [c["name"] for c in classes], params["data"]["image_size"],
+        models, splits, [c["name"] for c in classes], params["data"]["image_size"],
         params["evaluate"]["batch_size"], params["train"]["precision"])
-    for method, rows in predictions.items():
-        write_csv(f"plots/predictions_{method}.csv", rows)
+    with atomic_path(PREDICTIONS, is_dir=True) as tmp:
+        for split, by_model in predictions.items():
+            for method, rows in by_model.items():
+                write_csv(tmp / f"{split}_{method}.csv", rows)
     write_csv("plots/per_class.csv", per_class)
     write_json("metrics/evaluate.json", metrics)
-    for method, m in metrics.items():
-        print(f"{method:>9}: top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  loss {m['loss']:.4f}  "
-              f"{m['images_per_s']:.0f} img/s")
+    for method, by_split in metrics.items():
+        for split, m in by_split.items():
+            lo, hi = m["top1_ci"]
+            print(f"{method:>9} {split:>4}: top-1 {m['top1']:.4f} [{lo:.4f}, {hi:.4f}]  "
+                  f"top-5 {m['top5']:.4f}  loss {m['loss']:.4f}  n {m['n']}")

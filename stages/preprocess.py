@@ -9,6 +9,6 @@ if __name__ == "__main__":
     # Only the model's preprocessing config is needed here, so random weights do (no download).
     model = create_model(params["model"]["name"], img_size=data["image_size"], pretrained=False)
     stats = preprocess("data/raw", "data/prepared", data_config(model, data["image_size"]),
-                       train_fraction=data["train_fraction"], seed=data["seed"])
+                       train_fraction=data["train_fraction"], seed=data["seed"], split=data["split"])
     write_json("metrics/data.json", stats)
     print(stats)

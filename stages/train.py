@@ -10,7 +10,8 @@ import torch.distributed as dist
 
 from woof.data import load_classes, load_split
 from woof.io import load_params, write_csv, write_json
-from woof.models import data_config, save_model
+from woof.data import sha256_file
+from woof.models import data_config, pretrained_weights, save_model
 from woof.train import build_model, fingerprint, fit, init_distributed, run_metrics
 
 
@@ -34,6 +35,8 @@ def main(method):
     if rank == 0:
         metrics = run_metrics(history, model, device, (time.perf_counter() - start) / 60, world)
         metrics["precision"] = run["precision"]
+        weights = pretrained_weights(params["model"])  # which bytes the run started from
+        metrics["pretrained_weights_sha256"] = sha256_file(weights) if weights else "timm hub default"
         model = model.cpu()
         config = {"model": params["model"]["name"], "num_classes": len(classes),
                   "image_size": params["data"]["image_size"], "method": method,

@@ -1,20 +1,22 @@
 """Stage visualize_attention: where the pretrained, fully fine-tuned and LoRA ViTs look.
 
-Reads data/prepared/val.safetensors + classes.json, the pretrained weights and models/{full,lora};
+Reads data/prepared/test.safetensors (val.safetensors under data.split=official) + classes.json, the pretrained weights and models/{full,lora};
 writes plots/attention_cls.png, plots/attention_rollout.png and metrics/attention.json.
 The maps are functions in woof/attention.py; this script only wires them to the pipeline files.
 A model without attention maps (a CNN backbone such as resnet18) gets {"skipped": reason} and
 placeholder figures: the stage still succeeds, so `dvc exp run -S model.name=resnet18` completes.
 """
+from pathlib import Path
+
 import torch
 
 from woof import attention
 from woof.data import load_classes, load_split, normalize
 from woof.evaluate import predict
 from woof.io import load_params, write_json
-from woof.models import create_model, data_config, load_model
+from woof.models import create_model, data_config, load_model, pretrained_weights
 
-VAL, CLASSES = "data/prepared/val.safetensors", "data/prepared/classes.json"
+CLASSES = "data/prepared/classes.json"
 PLOTS = {"cls": "plots/attention_cls.png", "rollout": "plots/attention_rollout.png"}
 METRICS = "metrics/attention.json"
 
@@ -36,7 +38,9 @@ def main():
     if reason:
         return skip(f"{p_model['name']} {reason}")
 
-    images, labels = load_split(VAL)  # uint8 (N, 3, S, S), int64 (N,)
+    # Images the backbone never saw when there are such (the clean test split), else val.
+    split = "test" if Path("data/prepared/test.safetensors").exists() else "val"
+    images, labels = load_split(f"data/prepared/{split}.safetensors")  # uint8 (N, 3, S, S), int64 (N,)
     classes = load_classes(CLASSES)
     names = [c["name"] for c in classes]
     idx = attention.choose_images(labels, num_images, seed)
@@ -44,7 +48,7 @@ def main():
 
     # The pretrained model with its ImageNet head restricted to our 10 classes = zero-shot baseline.
     models = {"pretrained": create_model(p_model["name"], num_classes=len(classes), img_size=size,
-                                         weights=p_model.get("weights"),
+                                         weights=pretrained_weights(p_model),
                                          class_indices=[c["imagenet_index"] for c in classes]).eval()}
     for method in ("full", "lora"):
         model, config = load_model(f"models/{method}")
@@ -71,7 +75,7 @@ def main():
     attention.attention_grid(PLOTS["rollout"], images, rollout_maps, true_names, preds,
                              title="Gradient-weighted attention rollout for the true class")
     metrics = attention.attention_metrics(cls_maps, rollout_maps)
-    metrics["num_images"] = len(idx)
+    metrics["num_images"], metrics["split"] = len(idx), split
     write_json(METRICS, metrics)
     print({k: v for k, v in metrics.items() if k in models})
 

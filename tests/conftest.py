@@ -33,13 +33,22 @@ def add_bytes(tar, name, data):
     tar.addfile(info, io.BytesIO(data))
 
 
+def image_name(wnid, label, split, i):
+    """Like ImageWoof's: every third image of a class comes from ImageNet's validation set."""
+    if i % 3 == 2:
+        return f"ILSVRC2012_val_{label * 1000 + i + (500 if split == 'val' else 0):08d}.JPEG"
+    return f"{wnid}_{i}.JPEG"
+
+
 def make_archive(path, per_class=(6, 3), root="imagewoof2-test", extra=None):
-    """An ImageWoof-layout .tgz: root/{train,val}/<wnid>/*.JPEG. extra: {member name: bytes}."""
+    """An ImageWoof-layout .tgz: root/{train,val}/<wnid>/*.JPEG, both kinds of file name (a third
+    are ILSVRC2012_val_*: with the defaults 40 train, 20 val and 30 test images under clean_test).
+    extra: {member name: bytes}."""
     with tarfile.open(path, "w:gz") as tar:
         for split, n in zip(("train", "val"), per_class):
             for label, wnid in enumerate(WNIDS):
                 for i in range(n):
-                    add_bytes(tar, f"{root}/{split}/{wnid}/{wnid}_{i}.JPEG",
+                    add_bytes(tar, f"{root}/{split}/{wnid}/{image_name(wnid, label, split, i)}",
                               jpeg_bytes(label, label * 1000 + i + (500 if split == "val" else 0)))
         for name, data in (extra or {}).items():
             add_bytes(tar, name, data)

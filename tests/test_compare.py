@@ -4,24 +4,50 @@ import json
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from woof import report
+from woof.stats import accuracy_ci
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Shih-Tzu", "beagle", "Samoyed"]
 
 
-def fabricate(root, full_top1=0.95, lora_top1=0.90, probe=False):
-    """Metrics and plots as the earlier stages write them."""
+def correctness(full_top1, lora_top1, n, extra_disagree=0):
+    """Per-image correctness of zero-shot, full and LoRA on n images: LoRA and full share all
+    their right images except `extra_disagree` each way (plus what their accuracies force)."""
+    L, F = round(lora_top1 * n), round(full_top1 * n)
+    a_only, b_only = extra_disagree + max(0, L - F), extra_disagree + max(0, F - L)
+    both = min(L, F) - extra_disagree
+    assert both + a_only + b_only <= n, "more disagreements than wrong images"
+    idx = np.arange(n)
+    lora = idx < both + a_only
+    full = (idx < both) | ((idx >= both + a_only) & (idx < both + a_only + b_only))
+    return {"zero_shot": idx < round(0.8 * n), "full": full, "lora": lora}
+
+
+def fabricate(root, full_top1=0.95, lora_top1=0.90, n=1000, extra_disagree=0):
+    """Metrics and plots as the earlier stages write them: test accuracies as given (n images,
+    per-image predictions in plots/predictions/), val 2 points lower."""
     m, p = root / "metrics", root / "plots"
     m.mkdir(parents=True, exist_ok=True)
-    p.mkdir(parents=True, exist_ok=True)
-    ev = {"zero_shot": {"top1": 0.80, "top5": 0.97, "loss": 0.9, "images_per_s": 200.0, "n": 1000},
-          "full": {"top1": full_top1, "top5": 0.995, "loss": 0.2, "images_per_s": 200.0, "n": 1000},
-          "lora": {"top1": lora_top1, "top5": 0.99, "loss": 0.3, "images_per_s": 200.0, "n": 1000}}
+    (p / "predictions").mkdir(parents=True, exist_ok=True)
+    ev = {}
+    for split, shift in (("val", -0.02), ("test", 0.0)):
+        right = correctness(full_top1 + shift, lora_top1 + shift, n, extra_disagree)
+        for method, ok in right.items():
+            acc, lo, hi = accuracy_ci(ok)
+            top5 = {"zero_shot": 0.97, "full": 0.995, "lora": 0.99}[method]
+            ev.setdefault(method, {})[split] = {
+                "top1": acc, "top1_ci": [lo, hi], "top5": top5, "top5_ci": [top5 - 0.01, top5 + 0.005],
+                "loss": {"zero_shot": 0.9, "full": 0.2, "lora": 0.3}[method], "n": n, "images_per_s": 200.0}
+            actual = [CLASSES[i % 3] for i in range(n)]
+            pd.DataFrame({"file": [f"img{i}.JPEG" for i in range(n)], "actual": actual,
+                          "predicted": [a if o else CLASSES[(i + 1) % 3] for i, (a, o) in enumerate(zip(actual, ok))]}
+                         ).to_csv(p / "predictions" / f"{split}_{method}.csv", index=False)
     common = dict(epochs=2, train_images_per_s=40.0, total_params=5_000_000, final_train_loss=0.5,
                   final_train_acc=0.9, final_val_loss=0.3, final_val_acc=0.9, precision="bf16",
                   hardware="Intel Xeon Platinum 8481C (2 cores)", peak_memory_kind="rss")
@@ -29,24 +55,26 @@ def fabricate(root, full_top1=0.95, lora_top1=0.90, probe=False):
                 peak_memory_mb=2000.0, model_mb=20.0)
     lora = dict(common, train_minutes=10.0, trainable_params=125_000, trainable_pct=2.5,
                 peak_memory_mb=1500.0, model_mb=20.0, adapter_mb=0.5)
-    if probe:
-        ev["probe"] = {"top1": 0.85, "top5": 0.98, "loss": 0.5, "images_per_s": 200.0, "n": 1000}
-        (m / "train_probe.json").write_text(json.dumps(dict(common, train_minutes=2.0, trainable_params=1_930,
-                                                            peak_memory_mb=800.0, model_mb=20.0)))
     (m / "evaluate.json").write_text(json.dumps(ev))
     (m / "train_full.json").write_text(json.dumps(full))
     (m / "train_lora.json").write_text(json.dumps(lora))
-    (m / "data.json").write_text(json.dumps(dict(train_images=3000, val_images=1000, skipped_images=1, num_classes=3)))
+    (m / "data.json").write_text(json.dumps(dict(split="clean_test", train_images=3000, val_images=n, test_images=n,
+                                                 skipped_images=1, num_classes=3)))
     for method, top1 in (("full", full_top1), ("lora", lora_top1)):
         pd.DataFrame(dict(epoch=[1, 2], train_loss=[1.0, 0.5], train_acc=[0.7, 0.9], val_loss=[0.6, 0.3],
                           val_acc=[0.8, top1], epoch_seconds=[600.0, 600.0], lr=[1e-4, 1e-5])
                      ).to_csv(p / f"train_{method}.csv", index=False)
-    pd.DataFrame([dict(**{"class": c}, method=meth, accuracy=0.8 + 0.05 * i)
-                  for meth in ("zero_shot", "full", "lora") for i, c in enumerate(CLASSES)]
+    pd.DataFrame([dict(split=split, **{"class": c}, method=meth, accuracy=0.8 + 0.05 * i)
+                  for split in ("val", "test") for meth in ("zero_shot", "full", "lora") for i, c in enumerate(CLASSES)]
                  ).to_csv(p / "per_class.csv", index=False)
     (root / "params.yaml").write_text(yaml.safe_dump(
         {"model": {"name": "vit_tiny_patch16_224", "weights": None}, "data": {"image_size": 160, "train_fraction": 1.0},
          "full": {"epochs": 2, "lr": 1e-4}, "lora": {"epochs": 2, "rank": 8, "alpha": 16, "targets": ["qkv", "proj"]}}))
+
+
+def discussion_of(root):
+    paired = report.paired_tests(root / "plots" / "predictions")
+    return " ".join(report.discussion(report.collect(root / "metrics", root / "plots"), paired["test"]))
 
 
 # As woof.attention.attention_metrics writes it: entropies normalised to [0, 1], centre masses are
@@ -71,18 +99,22 @@ def test_stage_writes_table_json_figures_report(tmp_path, monkeypatch):
     (tmp_path / "metrics" / "attention.json").write_text(json.dumps(ATTENTION))
     text = run_stage(tmp_path, monkeypatch)
     assert "(plots/attention_cls.png)" in text and "attention_rollout" not in text
-    assert "| full | 0.847 | 0.660 | 0.802 | 0.710 |" in text and "over 8 validation images" in text
+    assert "| full | 0.847 | 0.660 | 0.802 | 0.710 |" in text and "over 8 validation images" in text  # no split recorded
     assert "pretrained vs lora: 0.81 (CLS), 0.72 (rollout)" in text
     assert "**Hardware.** Intel Xeon Platinum 8481C (2 cores) (from metrics/train_*.json)." in text
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| ") and "Method" not in line}
-    # columns: top1, top5, loss, minutes, img/s, trainable, total, trainable %, peak MB, checkpoint MB
-    assert rows["Full fine-tuning"][:3] == ["95.00", "99.50", "0.200"]
+    # columns: test top1, CI, top5, loss, val top1, minutes, img/s, trainable, total, trainable %,
+    # peak MB, checkpoint MB
+    assert rows["Full fine-tuning"][:5] == ["95.00", "93.5-96.2", "99.50", "0.200", "93.00"]
     assert rows["LoRA"][0] == "90.00" and rows["Zero-shot"][0] == "80.00"
-    assert rows["LoRA"][5:8] == ["125,000", "5,000,000", "2.50"]
-    assert rows["Zero-shot"][5:8] == ["0", "5,000,000", "0.00"]
-    assert rows["LoRA"][9] == "0.50" and rows["Full fine-tuning"][9] == "20.00"  # adapter vs model
-    assert rows["Zero-shot"][9] == "—"
+    assert rows["LoRA"][7:10] == ["125,000", "5,000,000", "2.50"]
+    assert rows["Zero-shot"][7:10] == ["0", "5,000,000", "0.00"]
+    assert rows["LoRA"][11] == "0.50" and rows["Full fine-tuning"][11] == "20.00"  # adapter vs model
+    assert rows["Zero-shot"][11] == "—"
+    assert "Accuracy on the clean test split (1,000 images)" in text
+    # The paired comparisons are typeset from compare.json's numbers.
+    assert "| LoRA vs Full fine-tuning | -5.00 |" in text
 
     out = json.loads((tmp_path / "metrics" / "compare.json").read_text())
     assert out["lora_minus_full_top1"] == pytest.approx(-0.05)
@@ -91,6 +123,10 @@ def test_stage_writes_table_json_figures_report(tmp_path, monkeypatch):
     assert out["lora_speedup"] == pytest.approx(2.0)
     assert out["lora_checkpoint_ratio"] == pytest.approx(0.025)
     assert out["lora"]["checkpoint_mb"] == 0.5 and out["zero_shot"]["checkpoint_mb"] is None
+    t = out["paired"]["test"]["lora_vs_full"]
+    assert (t["a_only"], t["b_only"], t["n"], t["significant"]) == (0, 50, 1000, True)
+    assert t["difference"] == pytest.approx(-0.05) and t["difference_ci"][1] < 0
+    assert out["paired"]["val"]["full_vs_zero_shot"]["difference"] == pytest.approx(0.13)
 
     for k in ("accuracy", "params", "curves", "per_class"):
         png = tmp_path / "plots" / f"compare_{k}.png"
@@ -106,29 +142,47 @@ def test_stage_writes_table_json_figures_report(tmp_path, monkeypatch):
 
 def test_discussion_follows_the_numbers(tmp_path):
     fabricate(tmp_path, full_top1=0.90, lora_top1=0.95)
-    text = " ".join(report.discussion(report.collect(tmp_path / "metrics", tmp_path / "plots")))
+    text = discussion_of(tmp_path)
     assert "LoRA wins by 5.0 points" in text and "Full fine-tuning wins" not in text
-    assert "beyond what sampling noise" in text
+    assert "significant at the 5 % level, LoRA is better" in text
+    assert "LoRA is the better choice here on accuracy alone" in text
     assert "2.00x faster" in text and "40x smaller" in text
 
     fabricate(tmp_path, full_top1=0.95, lora_top1=0.945)  # within the 1-point tie band
-    text = " ".join(report.discussion(report.collect(tmp_path / "metrics", tmp_path / "plots")))
+    text = discussion_of(tmp_path)
     assert "LoRA matches full fine-tuning within 1 point" in text and "wins by" not in text
-    assert "within what sampling noise" in text
+    assert "not significant at the 5 % level" in text
 
     fabricate(tmp_path, full_top1=0.95, lora_top1=0.90)
-    text = " ".join(report.discussion(report.collect(tmp_path / "metrics", tmp_path / "plots")))
+    text = discussion_of(tmp_path)
     assert "matches" not in text and "Full fine-tuning is the better choice" in text
 
 
-def test_linear_probe_and_cost_when_present(tmp_path):
-    fabricate(tmp_path, probe=True)
+def test_discussion_flips_with_the_paired_test(tmp_path):
+    """The same two accuracies (95 % vs 93 % on 1,000 test images), once with LoRA's right images a
+    subset of full fine-tuning's (20 discordant images, all one way: significant), once with 45
+    more disagreements each way (45 against 65: not significant)."""
+    fabricate(tmp_path, full_top1=0.95, lora_top1=0.93)
+    text = discussion_of(tmp_path)
+    assert "only LoRA is right on 0, only full fine-tuning on 20" in text
+    assert "significant at the 5 % level, full fine-tuning is better" in text
+    assert "Full fine-tuning is the better choice" in text
+
+    fabricate(tmp_path, full_top1=0.95, lora_top1=0.93, extra_disagree=45)
+    text = discussion_of(tmp_path)
+    assert "only LoRA is right on 45, only full fine-tuning on 65" in text
+    assert "not significant at the 5 % level, so these images cannot tell the two apart" in text
+    assert "Full fine-tuning is the better choice" not in text
+
+
+def test_cost_columns_when_present(tmp_path):
+    fabricate(tmp_path)
     (tmp_path / "metrics" / "cost.json").write_text(json.dumps(
         {"full": {"train_flops": 3e11, "inference_flops": 1e9}, "lora": {"train_flops": 2e11, "inference_flops": 1e9}}))
     df = report.collect(tmp_path / "metrics", tmp_path / "plots")
-    assert list(df.method) == ["zero_shot", "linear_probe", "full", "lora"]
+    assert list(df.method) == ["zero_shot", "full", "lora"]
     table = report.markdown_table(df)
-    assert "| Linear probe | 85.00 |" in table and "Train GFLOPs/step" in table and "| 300.0 |" in table
+    assert "Train GFLOPs/step" in table and "| 300.0 |" in table
 
 
 @pytest.mark.parametrize("missing", ["metrics/evaluate.json", "metrics/train_full.json",

@@ -1,5 +1,6 @@
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from PIL import Image
 import numpy as np
 
 from conftest import WNIDS, add_bytes, jpeg_bytes, make_archive
-from woof.data import (center_crop, fetch, load_classes, load_split, pil_transform, preprocess,
+from woof.data import (center_crop, fetch, load_classes, load_eval_splits, load_split, pil_transform, preprocess,
                        random_resized_crop_flip, sha256_file, stratified_subset)
 from woof.models import create_model, data_config
 
@@ -81,15 +82,52 @@ def test_preprocess_counts_and_skips_corrupt_images(archive, tmp_path, cfg):
     good = (raw / "train" / WNIDS[4] / f"{WNIDS[4]}_0.JPEG").read_bytes()
     (raw / "train" / WNIDS[4] / "truncated.JPEG").write_bytes(good[: len(good) // 3])
     with pytest.warns(UserWarning, match="skipping unreadable image"):
-        stats = preprocess(raw, tmp_path / "prepared", cfg)
-    assert stats == {"num_classes": 10, "skipped_images": 2, "train_images": 60, "val_images": 30}
+        stats = preprocess(raw, tmp_path / "prepared", cfg, split="official")
+    assert stats == {"split": "official", "num_classes": 10, "skipped_images": 2,
+                     "archive_sha256": sha256_file(archive),
+                     "train_images": 60, "train_imagenet_val_origin": 20,
+                     "val_images": 30, "val_imagenet_val_origin": 10}
     images, labels = load_split(tmp_path / "prepared" / "train.safetensors")
     assert images.dtype == torch.uint8 and images.shape == (60, 3, 35, 35)  # floor(32 / 0.9)
     assert torch.bincount(labels).tolist() == [6] * 10
     val_images, _ = load_split(tmp_path / "prepared" / "val.safetensors")
     assert val_images.shape == (30, 3, 32, 32)
+    assert not (tmp_path / "prepared" / "test.safetensors").exists()
     classes = load_classes(tmp_path / "prepared" / "classes.json")
     assert classes[0] == {"wnid": "n02086240", "name": "Shih-Tzu", "imagenet_index": 155}
+
+
+def test_clean_test_split_moves_every_imagenet_val_file(archive, tmp_path, cfg):
+    raw = fetch(archive, tmp_path / "raw")
+    stats = preprocess(raw, tmp_path / "prepared", cfg)  # the default: clean_test
+    assert stats == {"split": "clean_test", "num_classes": 10, "skipped_images": 0,
+                     "archive_sha256": sha256_file(archive),
+                     "train_images": 40, "train_imagenet_val_origin": 0,
+                     "val_images": 20, "val_imagenet_val_origin": 0,
+                     "test_images": 30, "test_imagenet_val_origin": 30}
+    files = load_classes(tmp_path / "prepared" / "files.json")
+    every = [f for split in files.values() for f in split]
+    assert len(every) == len(set(every)) == 90  # each file in exactly one split
+    assert all(Path(f).name.startswith("ILSVRC2012_val_") for f in files["test"])
+    assert not any(Path(f).name.startswith("ILSVRC2012_val_") for f in files["train"] + files["val"])
+    # Test images are decoded like val (the eval view), and come from both published splits.
+    test_images, test_labels = load_split(tmp_path / "prepared" / "test.safetensors")
+    assert test_images.shape == (30, 3, 32, 32) and torch.bincount(test_labels).tolist() == [3] * 10
+    assert {f.split("/")[0] for f in files["test"]} == {"train", "val"}
+    splits = load_eval_splits(tmp_path / "prepared")
+    assert list(splits) == ["val", "test"] and splits["test"][2] == files["test"]
+
+
+def test_clean_test_split_needs_imagenet_val_files(tmp_path, cfg):
+    raw = tmp_path / "raw"
+    for split in ("train", "val"):
+        (raw / split / WNIDS[0]).mkdir(parents=True)
+        (raw / split / WNIDS[0] / f"{WNIDS[0]}_1.JPEG").write_bytes(jpeg_bytes(0, 1))
+    with pytest.raises(ValueError, match="data.split=official"):
+        preprocess(raw, tmp_path / "prepared", cfg)
+    with pytest.raises(ValueError, match="data.split must be one of"):
+        preprocess(raw, tmp_path / "prepared", cfg, split="clean")
+    assert not (tmp_path / "prepared").exists()
 
 
 @pytest.mark.parametrize("size", [(60, 45), (45, 60), (70, 70)])
@@ -111,7 +149,7 @@ def test_train_fraction_is_stratified_and_seeded(archive, tmp_path, cfg):
     assert keep == stratified_subset(labels, 0.2, seed=1) != stratified_subset(labels, 0.2, seed=2)
     raw = fetch(archive, tmp_path / "raw")
     stats = preprocess(raw, tmp_path / "prepared", cfg, train_fraction=0.5)
-    assert stats["train_images"] == 30 and stats["val_images"] == 30
+    assert stats["train_images"] == 20 and stats["val_images"] == 20 and stats["test_images"] == 30
 
 
 @pytest.mark.parametrize("fraction", [0, -0.1, 1.5])

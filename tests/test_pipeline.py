@@ -18,8 +18,8 @@ COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", ".tmp", "data", "models", 
                                      "checkpoints")
 
 
-def sh(cmd, cwd):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+def sh(cmd, cwd, **env_vars):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env_vars)
     result = subprocess.run(cmd, cwd=cwd, env=env, shell=True, capture_output=True, text=True)
     assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
@@ -55,13 +55,26 @@ def ran(log):
 
 
 def test_dvc_repro_end_to_end(archive, random_weights, tmp_path):
-    repo = make_repo(tmp_path, **tiny(fetch__url=str(archive), model__weights=str(random_weights)))
-    log = sh("dvc repro", repo)
+    repo = make_repo(tmp_path, **tiny())
+    # Local mirrors are locations (environment), not params: the lock never records their paths.
+    mirror = {"WOOF_FETCH_URL": str(archive), "WOOF_WEIGHTS": str(random_weights)}
+    log = sh("dvc repro", repo, **mirror)
+    lock = (repo / "dvc.lock").read_text()
+    assert str(archive) not in lock and str(random_weights) not in lock
     assert ran(log) == set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     missing = [p for p in declared_outputs(repo) if not (repo / p).exists()]
     assert not missing, f"declared outputs not written: {missing}"
-    assert json.loads((repo / "metrics/data.json").read_text())["train_images"] == 60
-    assert set(json.loads((repo / "metrics/evaluate.json").read_text())) == {"zero_shot", "full", "lora"}
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert (data["split"], data["train_images"], data["val_images"], data["test_images"]) == ("clean_test", 40, 20, 30)
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(evaluation) == {"zero_shot", "full", "lora"}
+    for by_split in evaluation.values():
+        assert set(by_split) == {"val", "test"} and by_split["test"]["n"] == 30
+        lo, hi = by_split["test"]["top1_ci"]
+        assert lo <= by_split["test"]["top1"] <= hi
+    paired = json.loads((repo / "metrics/compare.json").read_text())["paired"]
+    assert set(paired) == {"val", "test"} and paired["test"]["lora_vs_full"]["n"] == 30
+    assert "clean test" in (repo / "report.md").read_text()
     adapter, model = (repo / "models/lora/adapter.safetensors"), (repo / "models/lora/model.safetensors")
     assert adapter.stat().st_size < model.stat().st_size / 10
     assert not (repo / "checkpoints/full").exists()  # removed once the run completed
@@ -69,9 +82,14 @@ def test_dvc_repro_end_to_end(archive, random_weights, tmp_path):
     for model in models.values():
         assert not model.training and model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
-    assert ran(sh("dvc repro", repo)) == set()  # nothing changed: nothing runs
+    from woof.data import sha256_file
+    assert data["archive_sha256"] == sha256_file(archive)  # the bytes the numbers come from
+    copy = tmp_path / "elsewhere.tgz"
+    copy.write_bytes(archive.read_bytes())
+    # The same bytes under another path: nothing changed, nothing runs.
+    assert ran(sh("dvc repro", repo, **dict(mirror, WOOF_FETCH_URL=str(copy)))) == set()
     sh("git add -A && git -c user.name=t -c user.email=t@t commit -qm run", repo)
-    log = sh("dvc exp run -S lora.rank=2", repo)
+    log = sh("dvc exp run -S lora.rank=2", repo, **mirror)
     assert "train_lora" in ran(log) and "train_full" not in ran(log)
     assert {"fetch", "preprocess"}.isdisjoint(ran(log))
     assert json.loads((repo / "metrics/train_lora.json").read_text())["trainable_params"] < \
@@ -84,9 +102,13 @@ def test_dvc_repro_on_real_mini_imagewoof(tmp_path):
                                       model__weights=str(SHARED / "weights/vit_tiny_patch16_224.safetensors"),
                                       data__image_size=112))
     sh("dvc repro", repo)
+    data = json.loads((repo / "metrics/data.json").read_text())
+    # The mini set has 4 + 3 ILSVRC2012_val_* files per class in train and val: 70 go to test.
+    assert (data["split"], data["train_images"], data["val_images"], data["test_images"]) == ("clean_test", 160, 70, 70)
     results = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert results["zero_shot"]["n"] == 100
+    assert results["zero_shot"]["test"]["n"] == 70 and results["zero_shot"]["val"]["n"] == 70
     # Pretrained ImageNet features know these breeds: far above the 10% of chance even at 112 px.
     for method in ("zero_shot", "full", "lora"):
-        assert results[method]["top1"] > 0.5, (method, results[method])
+        for split in ("val", "test"):
+            assert results[method][split]["top1"] > 0.5, (method, split, results[method])
     assert (repo / "report.md").read_text().count("LoRA") > 1

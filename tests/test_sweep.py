@@ -25,8 +25,8 @@ needs_dvc = pytest.mark.skipif(not DVC.exists(), reason="dvc is not installed ne
 # cost.json) hold decoy values here, so reading the wrong file fails the test. "!" marks a metric
 # the run did not produce. lora-r4-lr0.003 failed; probe is still queued.
 COLUMNS = ("Experiment,rev,typ,Created,parent,State,Executor,"
-           "metrics/evaluate.json:zero_shot.top1,metrics/evaluate.json:full.top1,metrics/evaluate.json:lora.top1,"
-           "metrics/evaluate.json:lora.top5,zero_shot.images_per_s,"
+           "zero_shot.val.top1,full.val.top1,lora.val.top1,"
+           "lora.val.top5,zero_shot.images_per_s,"
            "metrics/compare.json:zero_shot.top1,metrics/compare.json:full.top1,metrics/compare.json:lora.top1,"
            "metrics/compare.json:lora.top5,metrics/compare.json:full.trainable_params,"
            "metrics/compare.json:lora.trainable_params,lora_minus_full_top1,"
@@ -167,7 +167,8 @@ if sys.argv[1] == "full":
 else:
     r = p["lora"]["rank"]
     json.dump({"trainable_params": 100 * r}, open("metrics/train_lora.json", "w"))
-    json.dump({"full": {"top1": 0.9}, "zero_shot": {"top1": 0.5}, "lora": {"top1": 0.8 + r / 100}},
+    json.dump({"full": {"val": {"top1": 0.9}}, "zero_shot": {"val": {"top1": 0.5}},
+               "lora": {"val": {"top1": 0.8 + r / 100}}},
               open("metrics/evaluate.json", "w"))
     with open("plots/train_lora.csv", "w") as f:
         f.write("epoch,train_loss,train_acc,val_loss,val_acc,epoch_seconds,lr\\n")
@@ -178,7 +179,7 @@ else:
 
 def _pipeline(repo):
     (repo / "train.py").write_text(TRAIN)
-    (repo / "params.yaml").write_text("full:\n  lr: 0.001\nlora:\n  rank: 4\n  lr: 0.01\n")
+    (repo / "params.yaml").write_text("full:\n  lr: 0.001\nlora:\n  rank: 4\n  alpha: 8\n  lr: 0.01\n")
     py = sys.executable
     (repo / "dvc.yaml").write_text(textwrap.dedent(f"""\
         stages:
@@ -210,7 +211,7 @@ def test_pr_report_on_two_commits(tmp_path):
     _init(repo)
     _pipeline(repo)
     base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    (repo / "params.yaml").write_text("full:\n  lr: 0.001\nlora:\n  rank: 8\n  lr: 0.01\n")
+    (repo / "params.yaml").write_text("full:\n  lr: 0.001\nlora:\n  rank: 8\n  alpha: 8\n  lr: 0.01\n")
     _dvc(repo, "repro", "-q")
     _git(repo, "commit", "-qam", "rank 8")
 
@@ -219,10 +220,10 @@ def test_pr_report_on_two_commits(tmp_path):
     params = md.split("### Params")[1].split("###")[0]
     assert "lora.rank" in params and "| 4 " in params and "| 8 " in params
     metrics = md.split("### Metrics")[1].split("###")[0]
-    assert "metrics/evaluate.json" in metrics and "lora.top1" in metrics and "0.84" in metrics and "0.88" in metrics
+    assert "metrics/evaluate.json" in metrics and "lora.val.top1" in metrics and "0.84" in metrics and "0.88" in metrics
     assert "trainable_params" in metrics and "400" in metrics and "800" in metrics
     assert "train_full" not in metrics  # unchanged: train_full was not re-run
-    assert "**lora.top1**" in md and "+4.00 points" in md
+    assert "**lora.val.top1**" in md and "+4.00 points" in md
     # The changed learning curves, drawn by woof.report.plot_curves.
     assert "`plots/train_lora.csv` (changed)" in md
     png = repo / "pr-report_plots" / "train_lora.png"

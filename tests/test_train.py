@@ -154,3 +154,35 @@ def test_two_processes_match_one(data):
     for a, b in zip(single, double):
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+
+
+def test_test_split_never_reaches_training(archive, random_weights, tmp_path, monkeypatch):
+    """The train stage hands fit the train and val tensors only: none of the clean test images."""
+    import stages.train
+    from woof.data import fetch, load_split, preprocess
+    raw = fetch(archive, tmp_path / "data" / "raw")
+    cfg = data_config(create_model("vit_tiny_patch16_224", img_size=32, pretrained=False), 32)
+    preprocess(raw, tmp_path / "data" / "prepared", cfg)
+    params = tiny_params()
+    params["model"]["weights"] = str(random_weights)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def spy(model, train, val, *args, **kwargs):
+        seen["train"], seen["val"] = train, val
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(stages.train, "fit", spy)
+    with pytest.raises(KeyboardInterrupt):
+        stages.train.main("full")
+    prepared = tmp_path / "data" / "prepared"
+    files = yaml.safe_load((prepared / "files.json").read_text())
+    # fit got exactly the prepared train and val tensors, whose files hold no test file ...
+    for split in ("train", "val"):
+        assert torch.equal(seen[split][0], load_split(prepared / f"{split}.safetensors")[0])
+        assert not set(files[split]) & set(files["test"])
+    assert len(seen["train"][0]) == 40 and len(seen["val"][0]) == 20
+    # ... and no test image's pixels (val and test are both the 32 px eval view).
+    test_images, _ = load_split(prepared / "test.safetensors")  # (30, 3, 32, 32)
+    assert not (seen["val"][0][:, None] == test_images[None]).flatten(2).all(-1).any()

@@ -2,6 +2,7 @@
 augmentation on those tensors (no per-sample PIL work while training)."""
 import hashlib
 import math
+import os
 import shutil
 import tarfile
 import tempfile
@@ -23,30 +24,50 @@ from tqdm import tqdm
 from woof.io import atomic_path, read_json, write_json
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
-SPLITS = ("train", "val")
+SPLITS = ("train", "val")  # the folders of an ImageWoof archive
+# ImageWoof was cut out of ImageNet: files named like this come from ImageNet's *validation* set;
+# all others (<wnid>_<n>.JPEG) are ImageNet-1k training images the pretrained backbone has seen.
+IMAGENET_VAL_PREFIX = "ILSVRC2012_val_"
+DATA_SPLITS = {
+    # train and val as published; ~96 % of both were ImageNet-1k training images of the backbone
+    "official": "ImageWoof's published train/val split",
+    # every ImageNet-val-origin image (from train and val alike) moves into `test`, which nothing
+    # trains on or is chosen on; train and val keep the rest
+    "clean_test": "published split with every ImageNet-val-origin image moved to test",
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # fetch
 
+def archive_location(fetch_cfg):
+    """Where the archive is read from: $WOOF_FETCH_URL (a local mirror: a location, not a param,
+    so pointing at a copy of the same bytes changes nothing DVC tracks), else fetch.url.
+    The archive's identity is fetch.sha256, checked when set, and recorded in metrics/data.json."""
+    return os.environ.get("WOOF_FETCH_URL") or fetch_cfg["url"]
+
+
 def fetch(url, out_dir, sha256=None):
-    """Download (or copy) the ImageWoof archive, check it, and extract it to out_dir/{train,val}.
+    """Download (or copy) the ImageWoof archive, check it, and extract it to out_dir/{train,val},
+    with out_dir/archive.json naming the archive and its sha256.
 
     url: http(s) URL, file:// URL or plain local path. Nothing is left at out_dir on failure."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch.", dir=out_dir.parent) as tmp:
         archive = _local_archive(url, Path(tmp))
-        if sha256:
-            digest = sha256_file(archive)
-            if digest != sha256.lower():
-                raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}")
+        digest = sha256_file(archive)
+        if sha256 and digest != sha256.lower():
+            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest} "
+                             "(set fetch.sha256 to the new value to accept this archive)")
         with atomic_path(out_dir, is_dir=True) as staging:
             extracted = Path(tmp) / "extracted"
             safe_extract(archive, extracted)
             root = _find_split_root(extracted)
             for split in SPLITS:
                 shutil.move(str(root / split), str(staging / split))
+            write_json(staging / "archive.json", {"archive": Path(urllib.parse.urlparse(str(url)).path).name,
+                                                  "sha256": digest})
     return out_dir
 
 
@@ -118,12 +139,37 @@ def class_table(wnids):
     return rows
 
 
-def preprocess(raw_dir, out_dir, data_cfg, train_fraction=1.0, seed=0, workers=None):
-    """Decode every image once into uint8 tensors.
+def is_imagenet_val(path):
+    return Path(path).name.startswith(IMAGENET_VAL_PREFIX)
 
-    val: resized and center-cropped exactly as timm's eval transform for the model (data_cfg).
+
+def split_files(raw_dir, wnids, split="clean_test"):
+    """{split: (files, labels)} of the prepared splits: train and val, plus test for clean_test."""
+    if split not in DATA_SPLITS:
+        raise ValueError(f"data.split must be one of {', '.join(DATA_SPLITS)}, got {split!r}")
+    listed = {s: _list_images(Path(raw_dir) / s, wnids) for s in SPLITS}
+    if split == "official":
+        return listed
+    out = {"train": ([], []), "val": ([], []), "test": ([], [])}
+    for s in SPLITS:  # test gathers train's clean images first, then val's: a fixed order
+        for f, y in zip(*listed[s]):
+            target = out["test" if is_imagenet_val(f) else s]
+            target[0].append(f)
+            target[1].append(y)
+    if not out["test"][0]:
+        raise ValueError(f"data.split=clean_test: no {IMAGENET_VAL_PREFIX}* file in {raw_dir}, so there "
+                         "is no clean test split; use data.split=official for this dataset")
+    return out
+
+
+def preprocess(raw_dir, out_dir, data_cfg, train_fraction=1.0, seed=0, split="clean_test", workers=None):
+    """Decode every image once into uint8 tensors, per split (see `split_files`).
+
+    val, test: resized and center-cropped exactly as timm's eval transform for the model (data_cfg).
     train: only resized to the eval resize size (size / crop_pct) and center-cropped square, so
-    random resized crops have a margin and `center_crop` gives back the exact eval view. Unreadable images are skipped with a warning and counted.
+    random resized crops have a margin and `center_crop` gives back the exact eval view.
+    Unreadable images are skipped with a warning and counted. files.json lists each split's files
+    (relative to raw_dir) in tensor order, so per-image results can be matched across models.
     Returns the stats written to metrics/data.json."""
     if not 0 < train_fraction <= 1:
         raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
@@ -131,23 +177,29 @@ def preprocess(raw_dir, out_dir, data_cfg, train_fraction=1.0, seed=0, workers=N
     wnids = sorted(p.name for p in (raw_dir / "train").iterdir() if p.is_dir())
     if not wnids:
         raise ValueError(f"{raw_dir / 'train'} has no class folders")
+    splits = split_files(raw_dir, wnids, split)
     size = data_cfg["input_size"][-1]
     train_size = math.floor(size / data_cfg["crop_pct"])  # timm's eval resize size
-    transforms = {"val": pil_transform(data_cfg, size, data_cfg["crop_pct"]),
-                  "train": pil_transform(data_cfg, train_size, 1.0)}
-    stats = {"num_classes": len(wnids), "skipped_images": 0}
+    eval_view = pil_transform(data_cfg, size, data_cfg["crop_pct"])
+    transforms = {"train": pil_transform(data_cfg, train_size, 1.0), "val": eval_view, "test": eval_view}
+    stats = {"split": split, "num_classes": len(wnids), "skipped_images": 0}
+    if (raw_dir / "archive.json").exists():  # which bytes these numbers come from
+        stats["archive_sha256"] = read_json(raw_dir / "archive.json")["sha256"]
+    names = {}
     with atomic_path(out_dir, is_dir=True) as staging:
-        for split in SPLITS:
-            files, labels = _list_images(raw_dir / split, wnids)
-            if split == "train" and train_fraction < 1:
+        for name, (files, labels) in splits.items():
+            if name == "train" and train_fraction < 1:
                 keep = stratified_subset(labels, train_fraction, seed)
                 files, labels = [files[i] for i in keep], [labels[i] for i in keep]
-            images, ok = decode_images(files, transforms[split], desc=f"preprocess {split}", workers=workers)
+            images, ok = decode_images(files, transforms[name], desc=f"preprocess {name}", workers=workers)
             stats["skipped_images"] += len(files) - len(ok)
+            stats[f"{name}_images"] = len(ok)
+            stats[f"{name}_imagenet_val_origin"] = sum(is_imagenet_val(files[i]) for i in ok)
+            names[name] = [files[i].relative_to(raw_dir).as_posix() for i in ok]
             labels = torch.tensor([labels[i] for i in ok], dtype=torch.int64)
-            stats[f"{split}_images"] = len(ok)
-            save_file({"images": images, "labels": labels}, str(staging / f"{split}.safetensors"))
+            save_file({"images": images, "labels": labels}, str(staging / f"{name}.safetensors"))
         write_json(staging / "classes.json", class_table(wnids))
+        write_json(staging / "files.json", names)
     return stats
 
 
@@ -223,6 +275,17 @@ def load_split(path):
 
 def load_classes(path):
     return read_json(path)
+
+
+EVAL_SPLITS = ("val", "test")
+
+
+def load_eval_splits(prepared_dir):
+    """{split: (images, labels, file names)} for the evaluation splits preprocess wrote: val, and
+    test when data.split made one."""
+    prepared_dir = Path(prepared_dir)
+    files = read_json(prepared_dir / "files.json")
+    return {s: (*load_split(prepared_dir / f"{s}.safetensors"), files[s]) for s in EVAL_SPLITS if s in files}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,24 +41,42 @@ def classification_metrics(logits, labels):
             "loss": F.cross_entropy(logits, labels).item(), "n": len(labels)}
 
 
+def split_metrics(logits, labels):
+    """classification_metrics plus a 95 % Wilson interval for top-1 and top-5."""
+    from woof.stats import accuracy_ci
+    k = min(5, logits.shape[1])
+    hits = logits.topk(k, dim=1).indices == labels[:, None]  # (N, k)
+    m = classification_metrics(logits, labels)
+    for name, correct in (("top1", hits[:, 0]), ("top5", hits.any(1))):
+        m[f"{name}_ci"] = list(accuracy_ci(correct.numpy())[1:])
+    return m
+
+
 def per_class_accuracy(logits, labels, num_classes):
     pred = logits.argmax(1)
     return [(pred[labels == c] == c).float().mean().item() if (labels == c).any() else float("nan")
             for c in range(num_classes)]
 
 
+def evaluate_models(models, splits, class_names, image_size, batch_size=128, precision="fp32"):
+    """Every model on the same tensors of every split.
 
-def evaluate_models(models, images, labels, class_names, image_size, batch_size=128, precision="fp32"):
-    """Every model on the same val tensors -> (metrics per model, per-class accuracy rows,
-    per-image (actual, predicted) rows per model for confusion matrices)."""
+    splits: {split: (images uint8 (N, 3, S, S), labels (N,), file names)}.
+    -> (metrics {model: {split: metrics}}, per-class rows (split, class, method, accuracy),
+        {split: per-image rows (file, actual, predicted) per model}, for confusion matrices and
+        paired tests)."""
     from woof.models import data_config
-    metrics, per_class, predictions = {}, [], {}
+    metrics, per_class, predictions = {}, [], {s: {} for s in splits}
     for method, model in models.items():
-        logits, speed = predict(model, images, data_config(model, image_size), batch_size,
-                                precision=precision, desc=f"evaluate {method}")
-        metrics[method] = {**classification_metrics(logits, labels), "images_per_s": speed}
-        accs = per_class_accuracy(logits, labels, len(class_names))
-        per_class += [{"class": n, "method": method, "accuracy": a} for n, a in zip(class_names, accs)]
-        predictions[method] = [{"actual": class_names[a], "predicted": class_names[p]}
-                               for a, p in zip(labels, logits.argmax(1))]
+        metrics[method] = {}
+        for split, (images, labels, files) in splits.items():
+            logits, speed = predict(model, images, data_config(model, image_size), batch_size,
+                                    precision=precision, desc=f"evaluate {method} on {split}")
+            metrics[method][split] = {**split_metrics(logits, labels), "images_per_s": speed}
+            accs = per_class_accuracy(logits, labels, len(class_names))
+            per_class += [{"split": split, "class": n, "method": method, "accuracy": a}
+                          for n, a in zip(class_names, accs)]
+            predictions[split][method] = [
+                {"file": f, "actual": class_names[a], "predicted": class_names[p]}
+                for f, a, p in zip(files, labels.tolist(), logits.argmax(1).tolist())]
     return metrics, per_class, predictions

@@ -1,5 +1,6 @@
 """Creating timm models, choosing what trains for each fine-tuning method, saving and loading."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from woof.io import atomic_path
 
 # Where each timm family keeps its numbered blocks, for `freeze_blocks`.
 _BLOCK_PATTERNS = (r"blocks\.(\d+)\.", r"stages\.(\d+)\.", r"layers\.(\d+)\.", r"layer(\d+)\.")
+
+
+def pretrained_weights(model_cfg):
+    """The local pretrained-weights file to load: $WOOF_WEIGHTS (a mirror's location, not a param),
+    else model.weights; None downloads timm's weights from the hub."""
+    return os.environ.get("WOOF_WEIGHTS") or model_cfg.get("weights")
 
 
 def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=True,

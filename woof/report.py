@@ -1,11 +1,11 @@
-"""The compare stage's logic: one table of every method's accuracy and cost, the figures, and a
-report.md whose discussion is generated from those numbers only.
+"""The compare stage's logic: one table of every method's accuracy and cost, the paired tests,
+the figures, and a report.md whose discussion is generated from those numbers only.
 
-Inputs: metrics/evaluate.json, metrics/train_{full,lora}.json and
-plots/train_{full,lora}.csv, plots/per_class.csv are required; metrics/train_probe.json (with
-evaluate.json["probe"]), metrics/cost.json, metrics/attention.json and metrics/data.json are used
-when present. Accuracies are fractions in [0, 1] in every input and in JSON; text and
-figures show percent.
+Inputs: metrics/evaluate.json, metrics/train_{full,lora}.json and plots/train_{full,lora}.csv,
+plots/per_class.csv are required; plots/predictions/ (paired tests), metrics/cost.json,
+metrics/attention.json and metrics/data.json are used when present. The headline split is test
+when data.split made one (nothing was trained or chosen on it), else val. Accuracies are
+fractions in [0, 1] in every input and in JSON; text and figures show percent.
 """
 import math
 import os
@@ -19,10 +19,11 @@ plt = pyplot()  # Agg before seaborn or pyplot draws anything
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-LABELS = {"zero_shot": "Zero-shot", "linear_probe": "Linear probe", "probe": "Linear probe",
-          "full": "Full fine-tuning", "lora": "LoRA"}
+LABELS = {"zero_shot": "Zero-shot", "full": "Full fine-tuning", "lora": "LoRA"}
+SPLIT_NAMES = {"test": "clean test", "val": "validation"}
 TIE_POINTS = 1.0  # |top-1 difference| in points below which we call two methods equivalent
-COLUMNS = ["method", "top1", "top5", "loss", "train_minutes", "train_images_per_s",
+COLUMNS = ["method", "split", "top1", "top1_lo", "top1_hi", "top5", "loss", "val_top1",
+           "train_minutes", "train_images_per_s",
            "trainable_params", "total_params", "trainable_pct", "peak_memory_mb", "checkpoint_mb"]
 NAN = float("nan")
 
@@ -39,9 +40,14 @@ def _need(d, key, path):
     return d[key]
 
 
-def _row(method, ev, ev_path, train=None, train_path=None, checkpoint_key="model_mb"):
-    row = dict(method=method, top1=_need(ev, "top1", ev_path), top5=ev.get("top5", NAN),
-               loss=ev.get("loss", NAN), n=ev.get("n", NAN))
+def _row(method, ev, ev_path, split, train=None, train_path=None, checkpoint_key="model_mb"):
+    """One method's row: accuracies on the headline split (test when there is one) and on val."""
+    head, val = _need(ev, split, ev_path), _need(ev, "val", ev_path)
+    row = dict(method=method, split=split, top1=_need(head, "top1", ev_path),
+               top1_lo=head.get("top1_ci", [NAN, NAN])[0], top1_hi=head.get("top1_ci", [NAN, NAN])[1],
+               top5=head.get("top5", NAN), loss=head.get("loss", NAN), n=head.get("n", NAN),
+               val_top1=val["top1"], val_top1_lo=val.get("top1_ci", [NAN, NAN])[0],
+               val_top1_hi=val.get("top1_ci", [NAN, NAN])[1], val_n=val.get("n", NAN))
     if train is None:  # zero-shot: nothing trained, nothing saved
         row.update(train_minutes=0.0, train_images_per_s=NAN, trainable_params=0,
                    peak_memory_mb=NAN, peak_memory_kind=None, checkpoint_mb=NAN)
@@ -57,22 +63,24 @@ def _row(method, ev, ev_path, train=None, train_path=None, checkpoint_key="model
     return row
 
 
+def headline_split(ev):
+    """test when the data has a clean test split, else val (data.split=official)."""
+    return "test" if all("test" in v for v in ev.values() if isinstance(v, dict)) else "val"
+
+
 def collect(metrics_dir="metrics", plots_dir="plots"):
-    """One row per method present (zero_shot, linear_probe, full, lora) as a DataFrame."""
+    """One row per method present (zero_shot, full, lora) as a DataFrame."""
     m = Path(metrics_dir)
     ev_path = m / "evaluate.json"
     ev = read_json(ev_path)
+    split = headline_split(ev)
     full, lora = read_json(m / "train_full.json"), read_json(m / "train_lora.json")
     for name in ("train_full.csv", "train_lora.csv", "per_class.csv"):  # fail before writing anything
         _exists(Path(plots_dir) / name)
-    rows = [_row("zero_shot", _need(ev, "zero_shot", ev_path), ev_path)]
-    if (m / "train_probe.json").exists() and "probe" in ev:
-        probe = read_json(m / "train_probe.json")
-        rows.append(_row("linear_probe", ev["probe"], ev_path, probe, m / "train_probe.json",
-                         "adapter_mb" if "adapter_mb" in probe else "model_mb"))
-    rows.append(_row("full", _need(ev, "full", ev_path), ev_path, full, m / "train_full.json"))
+    rows = [_row("zero_shot", _need(ev, "zero_shot", ev_path), ev_path, split)]
+    rows.append(_row("full", _need(ev, "full", ev_path), ev_path, split, full, m / "train_full.json"))
     # LoRA's checkpoint is its adapter: the frozen backbone is shared with every other task.
-    rows.append(_row("lora", _need(ev, "lora", ev_path), ev_path, lora, m / "train_lora.json",
+    rows.append(_row("lora", _need(ev, "lora", ev_path), ev_path, split, lora, m / "train_lora.json",
                      "adapter_mb"))
     df = pd.DataFrame(rows)
     # The zero-shot model is the same architecture, its ImageNet head cut to the task's classes.
@@ -87,17 +95,47 @@ def collect(metrics_dir="metrics", plots_dir="plots"):
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
 
 
+PAIRS = (("lora", "full"), ("full", "zero_shot"), ("lora", "zero_shot"))
+
+
+def paired_tests(predictions_dir, splits=("val", "test")):
+    """{split: {"a_vs_b": woof.stats.compare_paired(a, b)}} from the per-image predictions the
+    evaluate stage wrote ({split}_{model}.csv), matched by file name."""
+    from woof.stats import compare_paired
+    out = {}
+    for split in splits:
+        paths = {m: Path(predictions_dir) / f"{split}_{m}.csv" for m in ("zero_shot", "full", "lora")}
+        if not all(p.exists() for p in paths.values()):
+            continue
+        correct = {}
+        for m, p in paths.items():
+            d = pd.read_csv(p).set_index("file")
+            correct[m] = d.actual == d.predicted
+        files = correct["full"].index
+        for m, c in correct.items():
+            if not c.index.equals(files):
+                raise ValueError(f"{paths[m]} lists other images than {paths['full']}: rerun evaluate")
+        out[split] = {f"{a}_vs_{b}": compare_paired(correct[a].to_numpy(), correct[b].to_numpy())
+                      for a, b in PAIRS}
+    return out
+
+
 def _fmt(x, spec):
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
 def markdown_table(df):
     """The results table in Markdown: accuracies in %, parameters with thousands separators."""
+    split = df.split.iloc[0]
     cols = [("Method", lambda r: LABELS.get(r.method, r.method)),
-            ("Top-1 (%)", lambda r: _fmt(100 * r.top1, ".2f")),
-            ("Top-5 (%)", lambda r: _fmt(100 * r.top5, ".2f")),
-            ("Val loss", lambda r: _fmt(r.loss, ".3f")),
-            ("Train (min)", lambda r: _fmt(r.train_minutes, ".1f")),
+            (f"{split.capitalize()} top-1 (%)", lambda r: _fmt(100 * r.top1, ".2f")),
+            ("95 % CI", lambda r: f"{_fmt(100 * r.top1_lo, '.1f')}-{_fmt(100 * r.top1_hi, '.1f')}"),
+            (f"{split.capitalize()} top-5 (%)", lambda r: _fmt(100 * r.top5, ".2f")),
+            (f"{split.capitalize()} loss", lambda r: _fmt(r.loss, ".3f"))]
+    if split != "val":
+        cols.append(("Val top-1 (%)", lambda r: _fmt(100 * r.val_top1, ".2f")))
+    cols += [
+("Train (min)", lambda r: _fmt(r.train_minutes, ".1f")),
             ("Train (img/s)", lambda r: _fmt(r.train_images_per_s, ".1f")),
             ("Trainable params", lambda r: _fmt(int(r.trainable_params), ",")),
             ("Total params", lambda r: _fmt(int(r.total_params), ",")),
@@ -136,10 +174,14 @@ def headline(df):
             "lora_checkpoint_ratio": lora["checkpoint_mb"] / full["checkpoint_mb"]}
 
 
-def write_compare_json(df, path="metrics/compare.json"):
+def write_compare_json(df, path="metrics/compare.json", paired=None):
+    """Per-method rows, the headline deltas and the paired tests ({split: {"a_vs_b": ...}})."""
     out = {m: {k: _clean(v) for k, v in row.items() if k not in ("method", "peak_memory_kind")}
            for m, row in _by_method(df).items()}
     out.update({k: _clean(v) for k, v in headline(df).items()})
+    out["paired"] = {split: {pair: {k: [_clean(x) for x in v] if isinstance(v, list) else _clean(v)
+                                    for k, v in t.items()} for pair, t in tests.items()}
+                     for split, tests in (paired or {}).items()}
     write_json(path, out)
     return out
 
@@ -147,20 +189,26 @@ def write_compare_json(df, path="metrics/compare.json"):
 # ---------------------------------------------------------------- figures
 
 def plot_accuracy(df, path):
-    d = df.melt(id_vars="method", value_vars=["top1", "top5"], var_name="metric", value_name="acc")
-    d["acc"] = 100 * d["acc"]
-    d["Method"] = d.method.map(LABELS)
-    d["metric"] = d.metric.map({"top1": "top-1", "top5": "top-5"})
+    """Top-1 per method on val and on the headline split, with 95 % Wilson intervals."""
+    rows = []
+    for r in df.itertuples():
+        rows.append(("validation", r.method, r.val_top1, r.val_top1_lo, r.val_top1_hi))
+        if r.split != "val":
+            rows.append((SPLIT_NAMES[r.split], r.method, r.top1, r.top1_lo, r.top1_hi))
+    d = pd.DataFrame(rows, columns=["split", "method", "acc", "lo", "hi"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.barplot(d, x="Method", y="acc", hue="metric", ax=ax, palette="muted")
-    for c in ax.containers:
-        ax.bar_label(c, fmt="%.1f", fontsize=9, padding=2)
-    zs = 100 * df.loc[df.method == "zero_shot", "top1"].iloc[0]
-    ax.axhline(zs, color="gray", ls="--", lw=1, label=f"zero-shot top-1 ({zs:.1f} %)")
-    ax.set(ylim=(0, 118), xlabel="", ylabel="validation accuracy (%)",
-           title="ImageWoof validation accuracy per method")
-    ax.set_yticks(range(0, 101, 20))
-    ax.legend(loc="upper center", ncol=3, fontsize=9, frameon=False)  # above the bars, not over them
+    splits = list(dict.fromkeys(d.split))
+    width = 0.8 / len(splits)
+    for i, (split, part) in enumerate(d.groupby("split", sort=False)):
+        x = [list(df.method).index(m) + (i - (len(splits) - 1) / 2) * width for m in part.method]
+        yerr = [100 * (part.acc - part.lo), 100 * (part.hi - part.acc)]
+        bars = ax.bar(x, 100 * part.acc, width, yerr=yerr, capsize=4, label=split)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=6)
+    ax.set_xticks(range(len(df)), [LABELS.get(m, m) for m in df.method])
+    lo = 100 * d.lo.min()
+    ax.set(ylim=(max(0, lo - 8), 100.5), ylabel="top-1 (%), 95 % CI",
+           title="ImageWoof top-1 per method and split")
+    ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
     save_png(fig, path)
 
@@ -182,7 +230,7 @@ def plot_params(df, path):
     ys = list(100 * trained.top1) + [zs]
     pad = max(max(ys) - min(ys), 1.0) * 0.15
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
-    ax.set(xlabel="trainable parameters (log scale)", ylabel="validation top-1 (%)",
+    ax.set(xlabel="trainable parameters (log scale)", ylabel=f"{SPLIT_NAMES[df.split.iloc[0]]} top-1 (%)",
            title="Accuracy against trainable parameters")
     ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
@@ -218,16 +266,17 @@ def plot_curves(curves, path):
     save_png(fig, path)
 
 
-def plot_per_class(per_class, path):
-    """per_class: the columns of plots/per_class.csv (class, method, accuracy as a fraction)."""
+def plot_per_class(per_class, path, split="val"):
+    """per_class: the columns of plots/per_class.csv (split, class, method, accuracy as a fraction)."""
+    per_class = per_class[per_class.split == split]
     d = per_class.assign(accuracy=100 * per_class.accuracy,
                          method=per_class.method.map(lambda m: LABELS.get(m, m)))
     fig, ax = plt.subplots(figsize=(9, 0.2 * d.method.nunique() * d["class"].nunique() + 1.5))
     sns.barplot(d, y="class", x="accuracy", hue="method", ax=ax, palette="muted")
     for c in ax.containers:
         ax.bar_label(c, fmt="%.0f", fontsize=7, padding=2)
-    ax.set(xlim=(0, 106), xlabel="validation accuracy (%)", ylabel="",
-           title="Per-class validation accuracy")
+    ax.set(xlim=(0, 106), xlabel=f"{SPLIT_NAMES[split]} accuracy (%)", ylabel="",
+           title=f"Per-class {SPLIT_NAMES[split]} accuracy ({len(d) // max(1, d.method.nunique())} classes)")
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, title=None)
     fig.tight_layout()
     save_png(fig, path)
@@ -239,7 +288,8 @@ def make_figures(df, plots_dir="plots", out_dir="plots"):
     plot_accuracy(df, out["accuracy"])
     plot_params(df, out["params"])
     plot_curves(load_curves(plots_dir), out["curves"])
-    plot_per_class(pd.read_csv(_exists(Path(plots_dir) / "per_class.csv")), out["per_class"])
+    plot_per_class(pd.read_csv(_exists(Path(plots_dir) / "per_class.csv")), out["per_class"],
+                   df.split.iloc[0])
     return out
 
 
@@ -249,12 +299,34 @@ def _pts(x):
     return f"{100 * abs(x):.1f} point{'' if round(100 * abs(x), 1) == 1 else 's'}"
 
 
-def discussion(df, tie_points=TIE_POINTS):
-    """Three paragraphs (accuracy, cost, when to use LoRA), each sentence conditional on df."""
+def _p(p):
+    return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
+
+
+def paired_sentences(name_a, name_b, t, split_name):
+    """What a paired comparison (woof.stats.compare_paired) says, in two sentences."""
+    lo, hi = t["difference_ci"]
+    first = (f"On the {t['n']:,} {split_name} images they disagree on {t['a_only'] + t['b_only']:,}: only "
+             f"{name_a} is right on {t['a_only']:,}, only {name_b} on {t['b_only']:,} (difference "
+             f"{100 * t['difference']:+.1f} points, paired 95 % bootstrap CI {100 * lo:+.1f} to {100 * hi:+.1f}).")
+    if t["significant"]:
+        better = name_a if t["difference"] > 0 else name_b
+        second = (f"McNemar's exact test gives {_p(t['p_value'])}: the difference is significant at the "
+                  f"5 % level, {better} is better on these images.")
+    else:
+        second = (f"McNemar's exact test gives {_p(t['p_value'])}: not significant at the 5 % level, so these "
+                  "images cannot tell the two apart.")
+    return [first, second]
+
+
+def discussion(df, paired=None, tie_points=TIE_POINTS):
+    """Three paragraphs (accuracy, cost, when to use LoRA), each sentence conditional on the numbers.
+    paired: {"a_vs_b": woof.stats.compare_paired} on the headline split (compare.json "paired")."""
     r = _by_method(df)
     full, lora, zs = r["full"], r["lora"], r["zero_shot"]
+    split_name = SPLIT_NAMES[df.split.iloc[0]]
     d = lora["top1"] - full["top1"]
-    acc = f"{100 * lora['top1']:.2f} % vs {100 * full['top1']:.2f} % top-1"
+    acc = f"{100 * lora['top1']:.2f} % vs {100 * full['top1']:.2f} % {split_name} top-1"
     if d == 0:
         verdict = f"LoRA and full fine-tuning reach the same top-1 ({acc})."
     elif abs(100 * d) <= tie_points:
@@ -262,26 +334,19 @@ def discussion(df, tie_points=TIE_POINTS):
         verdict = f"LoRA matches full fine-tuning within {tie_points:g} point ({acc}; {ahead} ahead by {_pts(d)})."
     else:
         verdict = f"{'LoRA' if d > 0 else 'Full fine-tuning'} wins by {_pts(d)} ({acc})."
-    n, noisy = full.get("n"), False
-    if isinstance(n, (int, float)) and n == n and n > 0 and d:
-        # Standard error of the difference of two accuracies on n images (independent approximation).
-        se = math.sqrt(sum(p * (1 - p) for p in (full["top1"], lora["top1"])) / n)
-        noisy = abs(d) <= 2 * se
-        noise = "within" if noisy else "beyond"
-        verdict += (f" On {int(n):,} validation images that gap is {abs(d) / se:.1f} standard errors "
-                    f"(standard error {_pts(se)}), {noise} what sampling noise alone explains.")
+    para1, noisy = [verdict], False
+    if paired and "lora_vs_full" in paired:
+        para1 += paired_sentences("LoRA", "full fine-tuning", paired["lora_vs_full"], split_name)
+        noisy = not paired["lora_vs_full"]["significant"]
     base = []
-    for m in [k for k in ("linear_probe", "full", "lora") if k in r]:
+    for m in ("full", "lora"):
         g = r[m]["top1"] - zs["top1"]
         where = "above" if g > 0 else "below" if g < 0 else "level with"
-        base.append(f"{LABELS[m] if m == 'lora' else LABELS[m].lower()} is {_pts(g)} {where}")
-    para1 = [verdict, "Against the zero-shot baseline (the pretrained ImageNet head restricted to "
-             f"the task's classes, {100 * zs['top1']:.2f} %): " + "; ".join(base) + "."]
-    if "linear_probe" in r:
-        p = r["linear_probe"]
-        para1.append(f"The linear probe reaches {100 * p['top1']:.2f} % training {p['trainable_pct']:.2f} % "
-                     f"of the parameters, {_pts(p['top1'] - lora['top1'])} "
-                     f"{'above' if p['top1'] > lora['top1'] else 'below'} LoRA.")
+        t = (paired or {}).get(f"{m}_vs_zero_shot")
+        sig = "" if t is None else f" ({_p(t['p_value'])}, {'significant' if t['significant'] else 'not significant'})"
+        base.append(f"{LABELS[m] if m == 'lora' else LABELS[m].lower()} is {_pts(g)} {where}{sig}")
+    para1.append("Against the zero-shot baseline (the pretrained ImageNet head restricted to "
+                 f"the task's classes, {100 * zs['top1']:.2f} %): " + "; ".join(base) + ".")
 
     cost = [f"LoRA trains {lora['trainable_pct']:.2f} % of the parameters "
             f"({int(lora['trainable_params']):,} of {int(lora['total_params']):,}) "
@@ -299,11 +364,14 @@ def discussion(df, tie_points=TIE_POINTS):
                 f"({cf / cl:.0f}x smaller)." if smaller else
                 f"The LoRA adapter takes {cl:.2f} MB, not smaller than the {cf:.2f} MB full model.")
 
+    # With a paired test, "ahead" and "behind" mean significantly so; without one, beyond the tie band.
+    known = bool(paired and "lora_vs_full" in paired)
+    ahead = (not noisy and d > 0) if known else 100 * d > tie_points
+    behind = (not noisy and d < 0) if known else 100 * d < -tie_points
     when = []
-    if 100 * d >= -tie_points:  # LoRA at least as accurate, up to the tie band
-        if 100 * d > tie_points:
-            when.append(f"LoRA is the better choice here on accuracy alone ({_pts(d)} ahead"
-                        + (", though within sampling noise)." if noisy else ")."))
+    if not behind:  # LoRA at least as accurate
+        if ahead:
+            when.append(f"LoRA is the better choice here on accuracy alone ({_pts(d)} ahead).")
         if smaller:
             when.append(f"{'It is also' if when else 'Here LoRA is'} the better choice whenever several task-specific variants must be "
                         f"stored or served from one shared backbone: each extra task costs {cl:.2f} MB "
@@ -364,7 +432,8 @@ def _attention_text(att):
     """metrics/attention.json (schema: woof.attention.attention_metrics) as a table and a sentence."""
     models = [k for k, v in att.items() if isinstance(v, dict) and k not in ("corr", "rollout_corr")]
     area = att.get("center_area", 0.5)
-    lines = [f"Attention statistics over {att.get('num_images', '?')} validation images "
+    split = SPLIT_NAMES.get(att.get("split", "val"), att.get("split"))
+    lines = [f"Attention statistics over {att.get('num_images', '?')} {split} images "
              "(`metrics/attention.json`). Entropy is normalised to [0, 1] (1 = uniform over the patches); "
              f"centre mass is the share of attention inside the central square covering {area:.0%} of "
              f"the image (a uniform map scores {area:g}).", "",
@@ -398,9 +467,16 @@ def _setup(df, params, data, trains):
     extra = [f"{data['skipped_images']} unreadable image(s) skipped" if data.get("skipped_images") else "",
              f"training fraction {dp['train_fraction']}" if dp.get("train_fraction") not in (None, 1) else "",
              f"{dp['image_size']} px" if dp.get("image_size") else ""]
-    n_val = data.get("val_images", df.n.iloc[0])
+    n_val = data.get("val_images", df.val_n.iloc[0])
+    if data.get("test_images"):
+        test = (f", and a clean test split of {data['test_images']:,} images: every ImageNet-validation-origin "
+                "file (`ILSVRC2012_val_*`) of the published train and val, which the ImageNet-pretrained "
+                "backbone never trained on; nothing was trained or chosen on it")
+    else:
+        test = " (ImageWoof's published split, no clean test split: about 96 % of these images are ImageNet-1k training images the backbone has seen)"
     lines = [f"**Data.** ImageWoof ({nc} dog breeds from ImageNet): {_fmt(data.get('train_images', NAN), ',')} "
-             f"training and {_fmt(n_val, ',')} validation images" + "".join(f", {e}" for e in extra if e) + ".",
+             f"training and {_fmt(n_val, ',')} validation images{test}"
+             + "".join(f", {e}" for e in extra if e) + ".",
              f"**Model.** `{(params.get('model') or {}).get('name', '?')}` pretrained on ImageNet, "
              f"{int(df.total_params.iloc[0]):,} parameters with the {nc}-class head; the zero-shot baseline "
              f"is its ImageNet head restricted to the {nc} classes, without training."
@@ -414,17 +490,18 @@ def _setup(df, params, data, trains):
     return lines + [f"**Hardware.** {_hardware(trains)}."]
 
 
-CAPTIONS = {"accuracy": "Validation accuracy per method; dashed: zero-shot top-1.",
-            "params": "Top-1 against trainable parameters (log scale).",
+CAPTIONS = {"accuracy": "Top-1 per method on each split, with 95 % Wilson intervals.",
+            "params": "Top-1 on the headline split against trainable parameters (log scale).",
             "curves": "Training and validation curves of both methods.",
-            "per_class": "Per-class validation accuracy.",
+            "per_class": "Per-class accuracy on the headline split.",
             "attention_cls": "Last-layer CLS attention (mean over heads).",
             "attention_rollout": "Gradient-weighted attention rollout for the true class (Chefer et al. 2021)."}
 
 
 def write_report(path="report.md", df=None, params=None, metrics_dir="metrics", plots_dir="plots",
-                 figures=None):
-    """The experiments section as Markdown; figures: {kind: png path} from make_figures."""
+                 figures=None, paired=None):
+    """The experiments section as Markdown; figures: {kind: png path} from make_figures;
+    paired: paired_tests() output."""
     df = collect(metrics_dir, plots_dir) if df is None else df
     m = Path(metrics_dir)
     trains = [read_json(m / f"train_{k}.json") for k in ("full", "lora")]
@@ -438,8 +515,22 @@ def write_report(path="report.md", df=None, params=None, metrics_dir="metrics", 
             "Generated by the `compare` stage (`dvc repro`) from `metrics/` and `plots/`; do not edit.", "",
             "## Setup", "", *[f"- {s}" for s in _setup(df, params or {}, data, trains)], "",
             "## Results", "", markdown_table(df),
-            "Accuracy on the validation split; checkpoint is the saved model for full fine-tuning and "
+            f"Accuracy on the {SPLIT_NAMES[df.split.iloc[0]]} split ({int(df.n.iloc[0]):,} images) with its 95 % "
+            "Wilson interval" + (f"; validation top-1 ({int(df.val_n.iloc[0]):,} images) is where "
+                                 "hyperparameters are chosen" if df.split.iloc[0] != "val" else "")
+            + ". Checkpoint is the saved model for full fine-tuning and "
             "the adapter file alone for LoRA. " + _memory_note(df), ""]
+    split_paired = (paired or {}).get(df.split.iloc[0], {})
+    if split_paired:
+        text += ["Paired comparisons on the same images (McNemar's exact test; bootstrap CI of the difference):", "",
+                 "| Comparison | Difference (points) | 95 % CI | Only first right | Only second right | p |",
+                 "|:---|---:|---:|---:|---:|---:|"]
+        for pair, t in split_paired.items():
+            a, b = pair.split("_vs_")
+            lo, hi = t["difference_ci"]
+            text.append(f"| {LABELS[a]} vs {LABELS[b]} | {100 * t['difference']:+.2f} | "
+                        f"{100 * lo:+.1f} to {100 * hi:+.1f} | {t['a_only']} | {t['b_only']} | {t['p_value']:.3g} |")
+        text.append("")
     if figures:
         text += ["## Figures", ""]
         for kind, png in figures.items():
@@ -456,7 +547,7 @@ def write_report(path="report.md", df=None, params=None, metrics_dir="metrics", 
                 if png.exists():
                     text += image(kind, png)
             text += [_attention_text(att), ""]
-    text += ["## Discussion", "", *[p + "\n" for p in discussion(df) if p]]
+    text += ["## Discussion", "", *[p + "\n" for p in discussion(df, split_paired) if p]]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(text))
     return "\n".join(text)

@@ -38,6 +38,9 @@ from woof.io import atomic_path, pyplot, save_png
 
 RANKS = (1, 2, 4, 8, 16, 32)
 LRS = (3e-4, 1e-3, 3e-3)
+# alpha = ALPHA_PER_RANK * rank keeps LoRA's scale alpha/r fixed (2, as the default 16/8): with
+# alpha fixed, a rank sweep would also be an effective learning-rate sweep.
+ALPHA_PER_RANK = 2
 FREEZE_BLOCKS = (2, 4, 6, 8, 10)
 FRACTIONS = (0.1, 0.2, 0.5, 1.0)
 BACKBONE, BACKBONE_TARGETS = "resnet18", r"layer\d\.\d\.conv[12]"
@@ -89,7 +92,8 @@ def grid(comparison, ranks=RANKS, lrs=LRS, freeze_blocks=FREEZE_BLOCKS, fraction
          backbone=BACKBONE, backbone_targets=BACKBONE_TARGETS, backbone_weights=None):
     """[(experiment name, {param: value})] for one comparison."""
     if comparison == "lora":
-        return [(f"lora-r{r}-lr{lr:g}", {"lora.rank": r, "lora.lr": lr}) for r in ranks for lr in lrs]
+        return [(f"lora-r{r}-lr{lr:g}", {"lora.rank": r, "lora.alpha": ALPHA_PER_RANK * r, "lora.lr": lr})
+                for r in ranks for lr in lrs]
     if comparison == "probe":
         return [("probe", {"full.trainable": ["head"]})]
     if comparison == "freeze":
@@ -192,11 +196,15 @@ FIELDS = {
     "pretrained": ("params.yaml", "full.pretrained"),
     "train_fraction": ("params.yaml", "data.train_fraction"),
     "model": ("params.yaml", "model.name"),
-    "zero_shot_top1": ("metrics/evaluate.json", "zero_shot.top1"),
-    "full_top1": ("metrics/evaluate.json", "full.top1"),
-    "lora_top1": ("metrics/evaluate.json", "lora.top1"),
-    "full_top5": ("metrics/evaluate.json", "full.top5"),
-    "lora_top5": ("metrics/evaluate.json", "lora.top5"),
+    "alpha": ("params.yaml", "lora.alpha"),
+    "zero_shot_top1": ("metrics/evaluate.json", "zero_shot.val.top1"),
+    "full_top1": ("metrics/evaluate.json", "full.val.top1"),
+    "lora_top1": ("metrics/evaluate.json", "lora.val.top1"),
+    "full_top5": ("metrics/evaluate.json", "full.val.top5"),
+    "lora_top5": ("metrics/evaluate.json", "lora.val.top5"),
+    "zero_shot_test_top1": ("metrics/evaluate.json", "zero_shot.test.top1"),
+    "full_test_top1": ("metrics/evaluate.json", "full.test.top1"),
+    "lora_test_top1": ("metrics/evaluate.json", "lora.test.top1"),
     "full_trainable_params": ("metrics/train_full.json", "trainable_params"),
     "lora_trainable_params": ("metrics/train_lora.json", "trainable_params"),
     "full_train_minutes": ("metrics/train_full.json", "train_minutes"),

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from woof.data import center_crop, normalize, random_resized_crop_flip, sha256_file
 from woof.evaluate import autocast, classification_metrics, predict
 from woof.io import atomic_path
-from woof.models import create_model, only_classifier_trains, set_trainable
+from woof.models import create_model, only_classifier_trains, pretrained_weights, set_trainable
 
 
 EVAL_BATCH_SIZE = 128  # inference only: it changes speed, never results
@@ -37,7 +37,7 @@ def build_model(method, params, classes):
     head_from_imagenet = pretrained and model_cfg.get("head_init", "imagenet") == "imagenet" \
         and min(indices) >= 0
     model = create_model(model_cfg["name"], num_classes=len(classes),
-                         img_size=params["data"]["image_size"], weights=model_cfg.get("weights"),
+                         img_size=params["data"]["image_size"], weights=pretrained_weights(model_cfg),
                          pretrained=pretrained, class_indices=indices if head_from_imagenet else None)
     if method == "lora":
         from woof import lora  # only the LoRA path needs it: lora.py is no dependency of train_full
