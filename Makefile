@@ -17,7 +17,8 @@ MINI_SHA256 := 4bac28d1ae6aa9b6eadca7976bab8a3886fb0fe1c71a856f720c0c03105ea226
 MINI    := WOOF_FETCH_URL=$(SHARED)/data/imagewoof2-mini.tgz \
            WOOF_WEIGHTS=$(SHARED)/weights/vit_tiny_patch16_224.safetensors
 
-.PHONY: all repro offline mini test bench sweep comparisons sweep-collect ci-small pr-report clean-venv
+.PHONY: all repro offline mini test bench programme sweep sweep-full seeds summary dvc-sweep comparisons \
+        sweep-collect ci-small pr-report clean-venv
 all: repro
 
 $(VENV)/.runtime: requirements.txt
@@ -40,15 +41,36 @@ mini: $(VENV)/.runtime           ## a 2-minute run on the 300-image mini set, fo
 	$(MINI) dvc exp run -S fetch.sha256=$(MINI_SHA256) -S full.epochs=1 -S lora.epochs=1
 
 test: $(VENV)/.dev
+	$(PY) -m ruff check woof stages tests validate_project1.py
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.dev              ## speed and memory table (python -m woof.bench --help)
 	$(PY) -m woof.bench all
 
+# The experiment programme (README "Experiment programme"): one run at a time on the prepared
+# data, every result kept in metrics/experiments.csv. Needs `make offline` (or `make`) first.
+# THREADS=1 leaves a core to tests; BLOCKS picks blocks (python -m woof.programme list).
+SEEDS   ?= 0 1 2
+PROGRAMME = $(MIRROR) $(PY) -m woof.programme run $(if $(THREADS),--threads $(THREADS))
+programme: $(VENV)/.runtime      ## every run of the programme the record lacks, then the summary
+	$(PROGRAMME) $(BLOCKS) --seeds $(SEEDS)
+	$(PY) -m woof.programme summary
+sweep: $(VENV)/.runtime          ## LoRA rank x lr and full fine-tuning lr grids; val chooses, test reports
+	$(PROGRAMME) lora-rank lora-lr full-lr
+	$(PY) -m woof.programme summary
+sweep-full: $(VENV)/.runtime     ## full fine-tuning's lr grid only
+	$(PROGRAMME) full-lr
+	$(PY) -m woof.programme summary
+seeds: $(VENV)/.runtime          ## the val-best full and LoRA configurations at SEEDS="0 1 2"
+	$(PROGRAMME) seeds --seeds $(SEEDS)
+	$(PY) -m woof.programme summary
+summary: $(VENV)/.runtime        ## the programme's tables and figures, from the record only
+	$(PY) -m woof.programme summary
+
 RANKS ?= 1 2 4 8 16 32
 LRS   ?= 0.0003 0.001 0.003
 # `queue --run` queues the experiments, starts $(JOBS) DVC queue workers and waits for them.
-sweep: $(VENV)/.runtime          ## LoRA rank x learning-rate grid through the DVC queue
+dvc-sweep: $(VENV)/.runtime      ## the same LoRA grid as DVC experiments, through the DVC queue
 	$(PY) -m woof.sweep queue lora --ranks $(RANKS) --lrs $(LRS) --run -j $(JOBS)
 	$(PY) -m woof.sweep collect
 

@@ -3,38 +3,31 @@
 Runs unchanged under `torchrun --nproc_per_node=N -m stages.train ...` (DDP)."""
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch.distributed as dist
 
-from woof.data import load_classes, load_split
+from woof.data import load_classes, load_split, sha256_file
 from woof.io import load_params, write_csv, write_json
-from woof.data import sha256_file
-from woof.models import data_config, pretrained_weights, save_model
-from woof.train import build_model, fingerprint, fit, init_distributed, run_metrics
+from woof.models import pretrained_weights, save_model
+from woof.train import init_distributed, train_method
+
+TRAIN = "data/prepared/train.safetensors"
 
 
 def main(method):
     if method not in ("full", "lora"):
         raise SystemExit(f"usage: python -m stages.train full|lora (got {method!r})")
     params = load_params()
-    cfg, run = params[method], params["train"]
-    rank, world, device = init_distributed(run["device"])
+    cfg = params[method]
+    rank, world, device = init_distributed(params["train"]["device"])
     classes = load_classes("data/prepared/classes.json")
-    train, val = load_split("data/prepared/train.safetensors"), load_split("data/prepared/val.safetensors")
-    model = build_model(method, params, classes)
-    dcfg = data_config(model, params["data"]["image_size"])
+    train, val = load_split(TRAIN), load_split("data/prepared/val.safetensors")  # never test
     # The resume checkpoint lives outside the DVC output: outputs are deleted before a stage runs,
     # and `persist: true` would switch off DVC's run-cache for the stage.
     out, ckpt_dir = Path("models") / method, Path("checkpoints") / method
-    start = time.perf_counter()
-    history = fit(model, train, val, cfg, dcfg, ckpt_dir=ckpt_dir, device=device,
-                  precision=run["precision"],
-                  fingerprint=fingerprint(params, method, "data/prepared/train.safetensors"))
+    model, history, metrics = train_method(method, params, classes, train, val, ckpt_dir, device, TRAIN)
     if rank == 0:
-        metrics = run_metrics(history, model, device, (time.perf_counter() - start) / 60, world)
-        metrics["precision"] = run["precision"]
         weights = pretrained_weights(params["model"])  # which bytes the run started from
         metrics["pretrained_weights_sha256"] = sha256_file(weights) if weights else "timm hub default"
         model = model.cpu()

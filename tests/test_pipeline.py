@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -14,7 +15,7 @@ import woof
 from conftest import ROOT, SHARED, needs_shared
 
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", ".tmp", "data", "models", "metrics", "plots",
-                                     "__pycache__", ".pytest_cache", "cache", "tmp", "report.md",
+                                     "__pycache__", ".pytest_cache", "cache", "tmp", "report.md", "report.pdf",
                                      "checkpoints")
 
 
@@ -33,6 +34,11 @@ def make_repo(tmp_path, **overrides):
         section, name = key.split("__")
         params[section][name] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The programme's record, as a fresh project has it: no run yet.
+    (repo / "metrics" / "experiments").mkdir(parents=True)
+    (repo / "metrics" / "experiments" / ".gitkeep").touch()
+    from woof.programme import COLUMNS
+    (repo / "metrics" / "experiments.csv").write_text(",".join(COLUMNS) + "\n")
     sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", repo)
     return repo
 
@@ -74,7 +80,9 @@ def test_dvc_repro_end_to_end(archive, random_weights, tmp_path):
         assert lo <= by_split["test"]["top1"] <= hi
     paired = json.loads((repo / "metrics/compare.json").read_text())["paired"]
     assert set(paired) == {"val", "test"} and paired["test"]["lora_vs_full"]["n"] == 30
-    assert "clean test" in (repo / "report.md").read_text()
+    report = (repo / "report.md").read_text()
+    assert "clean test" in report and "record (`metrics/experiments.csv`) is absent or has no finished run" in report
+    assert (repo / "report.pdf").read_bytes()[:4] == b"%PDF"
     adapter, model = (repo / "models/lora/adapter.safetensors"), (repo / "models/lora/model.safetensors")
     assert adapter.stat().st_size < model.stat().st_size / 10
     assert not (repo / "checkpoints/full").exists()  # removed once the run completed
@@ -112,3 +120,12 @@ def test_dvc_repro_on_real_mini_imagewoof(tmp_path):
         for split in ("val", "test"):
             assert results[method][split]["top1"] > 0.5, (method, split, results[method])
     assert (repo / "report.md").read_text().count("LoRA") > 1
+
+
+def test_load_models_names_the_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # another working directory: models/ is still the project's
+    with pytest.raises(FileNotFoundError, match=r"nowhere/full/model.safetensors not found: run `dvc repro`"):
+        woof.load_models(tmp_path / "nowhere")
+    assert woof.PROJECT == ROOT
+    import validate_project1
+    assert validate_project1.load_my_models.__module__ == "validate_project1"

@@ -298,11 +298,15 @@ LABEL = {"full": "full fine-tuning", "lora": "LoRA"}
 def lora_table(df):
     """metrics/sweep.csv: the rank x lr grid, failed points included."""
     d = df[df.comparison == "lora"]
-    out = pd.DataFrame({"name": d.name, "status": d.status, "rank": d["rank"], "lr": d.lr,
+    out = pd.DataFrame({"name": d.name, "status": d.status, "rank": d["rank"], "alpha": d.alpha, "lr": d.lr,
                         "trainable_params": d.lora_trainable_params, "top1": d.lora_top1,
-                        "top5": d.lora_top5, "train_minutes": d.lora_train_minutes,
+                        "test_top1": d.lora_test_top1, "top5": d.lora_top5, "train_minutes": d.lora_train_minutes,
                         "full_top1": d.full_top1, "zero_shot_top1": d.zero_shot_top1, "rev": d.rev})
-    return out.sort_values(["lr", "rank"], na_position="last").reset_index(drop=True)
+    out = out.sort_values(["lr", "rank"], na_position="last").reset_index(drop=True)
+    # Selection is on val (top1); test_top1 of the chosen point is what gets reported.
+    ok = out[out.status == "ok"].dropna(subset=["top1"])
+    out["val_best"] = out.index == (ok.top1.idxmax() if len(ok) else -1)
+    return out
 
 
 def comparison_table(df, comparison, base):
@@ -315,7 +319,8 @@ def comparison_table(df, comparison, base):
     for r in d.to_dict("records"):
         for m in methods:
             rows.append({"name": r["name"], "status": r["status"], x: r[x], "method": m,
-                         "top1": r[f"{m}_top1"], "trainable_params": r[f"{m}_trainable_params"],
+                         "top1": r[f"{m}_top1"], "test_top1": r.get(f"{m}_test_top1"),
+                         "trainable_params": r[f"{m}_trainable_params"],
                          "train_minutes": r[f"{m}_train_minutes"], "rev": r["rev"]})
     return pd.DataFrame(rows)
 
@@ -411,7 +416,8 @@ def collect(csv_text, metrics_dir="metrics", plots_dir="plots", summary="sweep.m
     zero_shot = _reference(df, base, "zero_shot_top1")
     tables, lines = {}, ["# Sweeps and comparisons", "",
                          f"From `dvc exp show --csv` (baseline {base.get('name', '?')}); "
-                         "accuracies are validation top-1 fractions.", ""]
+                         "top1 is validation top-1 (where the val-best point is chosen), test_top1 the "
+                         "clean test split's (reported, never chosen on); fractions.", ""]
     if (exps.comparison == "lora").any():
         t = lora_table(df)
         with atomic_path(Path(metrics_dir) / "sweep.csv") as tmp:

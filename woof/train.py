@@ -49,6 +49,22 @@ def build_model(method, params, classes):
     return model
 
 
+def train_method(method, params, classes, train, val, ckpt_dir, device="cpu", train_file=None):
+    """Build `method`'s model and fit it: the one training path of the train stages and the
+    experiment programme. -> (model, history, run metrics). A checkpoint in ckpt_dir written by
+    the same params and training data is resumed from."""
+    from woof.models import data_config
+    model = build_model(method, params, classes)
+    dcfg = data_config(model, params["data"]["image_size"])
+    start = time.perf_counter()
+    history = fit(model, train, val, params[method], dcfg, ckpt_dir=ckpt_dir, device=device,
+                  precision=params["train"]["precision"],
+                  fingerprint=fingerprint(params, method, train_file, train[1]))
+    metrics = run_metrics(history, model, device, (time.perf_counter() - start) / 60, rank_and_world()[1])
+    metrics["precision"] = params["train"]["precision"]
+    return model, history, metrics
+
+
 def check_config(cfg):
     """Clear errors for params that would otherwise fail deep inside the loop."""
     for key in ("epochs", "batch_size"):
@@ -267,12 +283,16 @@ def fit_linear_probe(model, train, val, cfg, data_cfg, device, precision, rank=0
 # ---------------------------------------------------------------------------------------------
 # bookkeeping
 
-def fingerprint(params, method, train_file):
-    """Identifies a run: a checkpoint is resumed only by the run it was written by."""
+def fingerprint(params, method, train_file=None, train_labels=None):
+    """Identifies a run: a checkpoint is resumed only by the run it was written by (same params,
+    same training file, same training labels: a subset of the file is another run)."""
     h = hashlib.sha256()
-    h.update(json.dumps([params[method], params["model"], params["data"]["image_size"],
+    h.update(json.dumps([params[method], params["model"], params["data"],
                          params.get("train", {})], sort_keys=True, default=str).encode())
-    h.update(sha256_file(train_file).encode())
+    if train_file:
+        h.update(sha256_file(train_file).encode())
+    if train_labels is not None:
+        h.update(train_labels.numpy().tobytes())
     return h.hexdigest()
 
 

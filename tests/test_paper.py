@@ -1,0 +1,126 @@
+"""The paper (report.md + report.pdf) on fabricated metrics: it builds, pdftotext finds every
+section and the headline numbers as compare.json has them, its prose follows the numbers, and a
+missing input names the file."""
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from test_compare import ATTENTION, fabricate
+from woof import paper, report
+
+SECTIONS = ["Introduction", "Related work", "Method", "Setup", "Results", "Attention", "Discussion",
+            "Limitations", "Conclusion", "References"]
+needs_poppler = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+
+
+def pipeline_outputs(root, **kw):
+    """Everything the compare stage leaves behind, from fabricated stage outputs."""
+    fabricate(root, **kw)
+    (root / "metrics" / "attention.json").write_text(json.dumps(dict(ATTENTION, split="test")))
+    df = report.collect(root / "metrics", root / "plots")
+    report.write_compare_json(df, root / "metrics" / "compare.json", report.paired_tests(root / "plots" / "predictions"))
+    report.make_figures(df, root / "plots", root / "plots")
+    for name in ("attention_cls", "attention_rollout"):  # stand-ins for visualize_attention's figures
+        shutil.copy(root / "plots" / "compare_params.png", root / "plots" / f"{name}.png")
+    return yaml.safe_load((root / "params.yaml").read_text())
+
+
+def build(root, monkeypatch):
+    monkeypatch.chdir(root)
+    doc = paper.build("metrics", "plots", yaml.safe_load(open("params.yaml")))
+    paper.write(doc, "report.md", "report.pdf", ".")
+    return doc
+
+
+@needs_poppler
+def test_pdf_has_every_section_and_the_headline_numbers(tmp_path, monkeypatch):
+    pipeline_outputs(tmp_path)
+    doc = build(tmp_path, monkeypatch)
+    text = subprocess.run(["pdftotext", "-layout", "report.pdf", "-"], capture_output=True, text=True,
+                          check=True).stdout
+    flat = " ".join(text.split())
+    for title in SECTIONS:
+        assert title in text, title
+    compare = json.loads((tmp_path / "metrics/compare.json").read_text())
+    for method in ("full", "lora"):  # the headline numbers, formatted once, as compare.json has them
+        c = compare[method]
+        assert paper.pct_ci(c["top1"], c["top1_lo"], c["top1_hi"]) in flat
+    t = compare["paired"]["test"]["lora_vs_full"]
+    assert paper.pvalue(t["p_value"]) in flat and f"{100 * t['difference']:+.1f}" in flat
+    pages = int(subprocess.run(["pdfinfo", "report.pdf"], capture_output=True, text=True).stdout
+                .split("Pages:")[1].split()[0])
+    assert 4 <= pages <= 9
+    figures = [b.path for b in doc.blocks if isinstance(b, paper.Figure)]
+    assert len(figures) >= 4 and all((tmp_path / f).exists() for f in figures)
+    md = (tmp_path / "report.md").read_text()
+    assert all(f"]({f})" in md for f in figures)  # the same figures on GitHub
+    assert "LoRA [1]" in md and "1. Edward J. Hu et al. LoRA: Low-Rank Adaptation" in md  # numbered references
+    assert not list(tmp_path.glob(".report.*"))  # the Typst scaffolding is removed
+
+
+def test_prose_follows_the_numbers(tmp_path):
+    def text(**kw):
+        pipeline_outputs(tmp_path, **kw)
+        doc = paper.build(tmp_path / "metrics", tmp_path / "plots", yaml.safe_load((tmp_path / "params.yaml").read_text()))
+        return doc.abstract + " ".join(getattr(b, "text", "") for b in doc.blocks)
+
+    behind = text(full_top1=0.95, lora_top1=0.90)  # LoRA behind, significant
+    assert "significant (p < 0.001) in favour of full fine-tuning" in behind
+    ahead = text(full_top1=0.90, lora_top1=0.95)   # LoRA ahead, significant
+    assert "in favour of LoRA" in ahead and "in favour of full" not in ahead
+    tie = text(full_top1=0.95, lora_top1=0.93, extra_disagree=45)  # 2 points apart, not significant
+    assert "finds no significant difference" in tie and "not distinguishable" in tie
+    assert "in favour of" not in tie
+    # The programme's record is absent: one sentence says so, and the paper still builds.
+    assert "record (`metrics/experiments.csv`) is absent" in tie
+
+
+def test_missing_input_names_the_file(tmp_path, monkeypatch):
+    pipeline_outputs(tmp_path)
+    (tmp_path / "metrics" / "compare.json").unlink()
+    with pytest.raises(FileNotFoundError, match="compare.json"):
+        build(tmp_path, monkeypatch)
+    pipeline_outputs(tmp_path)
+    (tmp_path / "plots" / "compare_curves.png").unlink()
+    doc = paper.build(tmp_path / "metrics", tmp_path / "plots", {})
+    assert not any("compare_curves" in getattr(b, "path", "") for b in doc.blocks)  # left out, not broken
+    doc.blocks.append(paper.Figure("plots/nope.png", "x"))
+    with pytest.raises(FileNotFoundError, match="plots/nope.png"):
+        paper.write(doc, tmp_path / "r.md", tmp_path / "r.pdf", tmp_path)
+    assert not (tmp_path / "r.md").exists() and not (tmp_path / "r.pdf").exists()
+
+
+def test_typst_escapes_and_markup():
+    assert paper.typst_inline("a_b #c $d @e [x] 5*3 http://x") == r"a\_b \#c \$d \@e \[x\] 5\*3 http:\/\/x"
+    assert paper.typst_inline("**bold** and *it* and `co_de` [@hu2022lora; @caron2021dino]") == \
+        "*bold* and _it_ and `co_de` @hu2022lora @caron2021dino"
+    assert paper.typst_inline("[site](https://x.org)") == '#link("https://x.org")[site]'
+
+
+def test_setup_attention_and_hardware_in_the_report(tmp_path, monkeypatch):
+    pipeline_outputs(tmp_path)
+    build(tmp_path, monkeypatch)
+    md = (tmp_path / "report.md").read_text()
+    assert "hardware: Intel Xeon Platinum 8481C (2 cores) (from metrics/train_*.json)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| full "))
+    assert [c.strip() for c in row.split("|")[2:-1]] == ["0.847", "0.660", "0.802", "0.710"]
+    assert "Attention statistics over 8 images (test split)" in md
+    assert "correlate with the pretrained model's at 0.62 after full fine-tuning and 0.81 after LoRA, so LoRA " \
+           "stays closer" in md
+    assert "![Figure 4](plots/attention_cls.png)" in md or "(plots/attention_cls.png)" in md
+
+
+def test_skipped_attention_and_unrecorded_hardware(tmp_path, monkeypatch):
+    pipeline_outputs(tmp_path)
+    (tmp_path / "metrics" / "attention.json").write_text(json.dumps({"skipped": "resnet18 has no attention layers"}))
+    for name in ("full", "lora"):
+        path = tmp_path / "metrics" / f"train_{name}.json"
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "hardware"}))
+    build(tmp_path, monkeypatch)
+    md = (tmp_path / "report.md").read_text()
+    assert "No attention maps were computed: resnet18 has no attention layers." in md
+    assert "attention_cls.png" not in md  # the stage's placeholders are not shown as results
+    assert "Not recorded by the training runs; this report was written on" in md

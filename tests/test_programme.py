@@ -1,0 +1,156 @@
+"""The experiment programme on generated data: every run recorded as it finishes, nothing re-run,
+failures kept with their error, selection on val, and the summary built from the record alone."""
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+from woof import programme, results
+from woof.data import fetch, preprocess
+from woof.io import write_json
+from woof.models import create_model, data_config
+
+RUNS = [programme.Run("zero-shot", "baseline", "zero_shot"),
+        programme.Run("full-lr5e-05", "full-lr", "full", {"full.lr": 5e-5}),
+        programme.Run("full-lr0.001", "full-lr", "full", {"full.lr": 1e-3}),
+        programme.Run("lora-r8", "lora-rank", "lora", {"lora.rank": 8, "lora.alpha": 16, "lora.lr": 3e-4}),
+        programme.Run("lora-r2", "lora-rank", "lora", {"lora.rank": 2, "lora.alpha": 4, "lora.lr": 3e-4}),
+        programme.Run("fraction0.5-full", "fraction", "full", {"data.train_fraction": 0.5}),
+        programme.Run("broken", "freeze", "full", {"full.lr": -1.0})]
+
+
+@pytest.fixture
+def project(archive, random_weights, tmp_path, monkeypatch):
+    """A working directory as `dvc repro preprocess` leaves it, with tiny params."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["image_size"] = 32
+    for method in ("full", "lora"):
+        params[method].update(epochs=1, batch_size=8)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    raw = fetch(archive, tmp_path / "data" / "raw")
+    cfg = data_config(create_model("vit_tiny_patch16_224", img_size=32, pretrained=False), 32)
+    write_json(tmp_path / "metrics" / "data.json", preprocess(raw, tmp_path / "data" / "prepared", cfg))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WOOF_WEIGHTS", str(random_weights))
+    monkeypatch.setattr(programme, "programme", lambda: list(RUNS))
+    return tmp_path
+
+
+def test_programme_records_every_run_once_then_summarizes(project, capsys):
+    programme.run_programme(threads=1)
+    record = programme.read_record()
+    # Once both grids were complete, their val-best configurations ran at seeds 1 and 2.
+    best = {m: programme.select(record, blocks)["name"] for m, blocks in programme.GRIDS.items()}
+    seeds = [f"{best[m]}-seed{s}" for m in ("full", "lora") for s in programme.SEEDS]
+    assert list(record.name) == [r.name for r in RUNS] + seeds  # programme order, seeds last
+    ok = record[record.status == "ok"]
+    assert len(ok) == 10 and ok.test_n.eq(30).all() and ok.val_n.eq(20).all()
+    assert (ok.test_top1_lo <= ok.test_top1).all() and (ok.test_top1 <= ok.test_top1_hi).all()
+    assert dict(zip(ok.name[:6], ok.train_images[:6])) == {
+        "zero-shot": 0, "full-lr5e-05": 40, "full-lr0.001": 40, "lora-r8": 40, "lora-r2": 40,
+        "fraction0.5-full": 20}  # the stratified half of the 40 training images
+    lora = record.set_index("name").loc[["lora-r8", "lora-r2"], "trainable_params"]
+    assert lora["lora-r2"] < lora["lora-r8"]
+    # A failed run stays recorded, with the one line that says why.
+    broken = record.set_index("name").loc["broken"]
+    assert broken.status == "failed" and "lr must be >= 0" in broken.error
+    details = json.loads((project / "metrics/experiments/full-lr0.001.json").read_text())
+    assert len(details["correct"]["test"]) == 30 and len(details["history"]) == 1
+    assert not list((project / "metrics/experiments").glob(".*"))  # no temporary result left
+
+    # Nothing recorded runs again; --rerun runs exactly the named run.
+    finished = dict(zip(record.name, record.finished))
+    assert programme.todo(record) == []
+    capsys.readouterr()
+    programme.run_programme(rerun=("full-lr0.001",), threads=1)
+    again = programme.read_record()
+    changed = [n for n, f in zip(again.name, again.finished) if f != finished[n]]
+    assert changed == ["full-lr0.001"] and "=== full-lr0.001" in capsys.readouterr().out
+
+    # The summary reads the record alone.
+    summary = results.main("metrics/experiments.csv", "metrics/experiments", "plots/programme",
+                           "metrics/programme.json")
+    record = programme.read_record()
+    full = record[record.block == "full-lr"].sort_values("val_top1", ascending=False).iloc[0]
+    assert summary["best"]["full"]["name"] == full["name"]
+    assert summary["best"]["full"]["test_top1"] == pytest.approx(full.test_top1)
+    assert summary["best"]["lora"]["seeds"]["n"] == 3  # seed 0 and the two reruns
+    t = summary["lora_vs_full"]
+    assert t["n"] == 30 and 0 <= t["p_value"] <= 1
+    assert summary["lora_saturation_rank"] in (2, 8)
+    for name in results.FIGURES:
+        assert (project / "plots/programme" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    table = (project / "plots/programme/runs.md").read_text()
+    assert f"**{full['name']}** (best full fine-tuning)" in table and "failed: ValueError" in table
+    assert "mean ± std over seeds" in table
+    assert json.loads((project / "metrics/programme.json").read_text())["runs"] == {"ok": 10, "failed": 1, "missing": 0}
+
+
+def test_selection_is_on_val_and_reports_test(project):
+    rows = [dict(name="full-lr5e-05", block="full-lr", method="full", status="ok", val_top1=0.90, test_top1=0.95,
+                 trainable_params=100),
+            dict(name="full-lr0.001", block="full-lr", method="full", status="ok", val_top1=0.92, test_top1=0.80,
+                 trainable_params=100)]
+    for row in rows:
+        programme.write_row({**row, "overrides": "{}"})
+    record = programme.read_record()
+    assert programme.select(record, ("full-lr",))["name"] == "full-lr0.001"  # val chooses, not test
+    assert programme.select(record, ("lora-rank",)) is None  # its runs are not recorded yet
+
+
+def test_summary_without_a_record(tmp_path):
+    assert results.main(tmp_path / "none.csv", tmp_path / "d", tmp_path / "plots", tmp_path / "p.json") is None
+    assert "make programme" in (tmp_path / "plots" / "runs.md").read_text()
+    assert json.loads((tmp_path / "p.json").read_text())["runs"]["ok"] == 0
+
+
+def test_every_programme_run_overrides_real_params():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for run in programme.programme():
+        run.params(params)  # raises on a key params.yaml does not have
+    names = [r.name for r in programme.programme()]
+    assert len(names) == len(set(names))
+    assert {r.block for r in programme.programme()} | {"seeds"} == set(programme.BLOCKS)
+    ranks = {r.overrides["lora.rank"]: r.overrides["lora.alpha"] for r in programme.programme()
+             if r.block == "lora-rank"}
+    assert ranks == {r: 2 * r for r in (1, 2, 4, 8, 16, 32, 64)}  # the scale alpha/r stays 2
+    assert pd.Series(names).str.contains("seed").sum() == 0  # seeds come from the record
+
+
+def test_adopt_records_the_pipeline_runs(project):
+    """The pipeline's train_full/train_lora are the programme's default-config runs: adopted with
+    their numbers and per-image predictions instead of being trained again."""
+    from woof.data import load_eval_splits
+    splits = load_eval_splits(project / "data" / "prepared")
+    classes = json.loads((project / "data/prepared/classes.json").read_text())
+    names = [c["name"] for c in classes]
+    ev = {}
+    for method, top1 in (("full", 0.9), ("lora", 0.8)):
+        ev[method] = {}
+        for split, (_, labels, files) in splits.items():
+            n = len(files)
+            right = [i < top1 * n for i in range(n)]
+            pd.DataFrame({"file": files, "actual": [names[y] for y in labels.tolist()],
+                          "predicted": [names[y] if ok else names[(y + 1) % 10] for y, ok in zip(labels.tolist(), right)]}
+                         ).to_csv(_mkdir(project / "plots/predictions") / f"{split}_{method}.csv", index=False)
+            ev[method][split] = {"top1": sum(right) / n, "top1_ci": [0.1, 0.99], "top5": 1.0, "n": n}
+        write_json(project / f"metrics/train_{method}.json",
+                   {"train_minutes": 3.0, "train_images_per_s": 50.0, "trainable_params": 10, "total_params": 100,
+                    "peak_memory_mb": 999.0, "precision": "fp32", "hardware": "test CPU", "epochs": 1})
+        pd.DataFrame({"epoch": [1], "val_acc": [top1]}).to_csv(_mkdir(project / "plots") / f"train_{method}.csv", index=False)
+    write_json(project / "metrics/evaluate.json", ev)
+    programme.adopt()
+    record = programme.read_record().set_index("name")
+    assert list(record.index) == ["full-lr5e-05", "lora-r8"]
+    assert record.loc["full-lr5e-05", "test_top1"] == pytest.approx(27 / 30)
+    assert record.loc["lora-r8", "train_images"] == 40 and record.loc["lora-r8", "peak_memory_mb"] == 999.0
+    details = json.loads((project / "metrics/experiments/lora-r8.json").read_text())
+    assert details["correct"]["test"] == "1" * 24 + "0" * 6
+    assert "zero-shot" in {r.name for r in programme.todo(programme.read_record())}
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
