@@ -53,7 +53,7 @@ def test_pdf_has_every_section_and_the_headline_numbers(tmp_path, monkeypatch):
     pages = int(subprocess.run(["pdfinfo", "report.pdf"], capture_output=True, text=True).stdout
                 .split("Pages:")[1].split()[0])
     assert 4 <= pages <= 9
-    figures = [b.path for b in doc.blocks if isinstance(b, paper.Figure)]
+    figures = [p for b in doc.blocks if isinstance(b, paper.Figure) for p in b.paths]
     assert len(figures) >= 4 and all((tmp_path / f).exists() for f in figures)
     md = (tmp_path / "report.md").read_text()
     assert all(f"]({f})" in md for f in figures)  # the same figures on GitHub
@@ -86,7 +86,8 @@ def test_missing_input_names_the_file(tmp_path, monkeypatch):
     pipeline_outputs(tmp_path)
     (tmp_path / "plots" / "compare_curves.png").unlink()
     doc = paper.build(tmp_path / "metrics", tmp_path / "plots", {})
-    assert not any("compare_curves" in getattr(b, "path", "") for b in doc.blocks)  # left out, not broken
+    assert not any("compare_curves" in p for b in doc.blocks if isinstance(b, paper.Figure)
+                   for p in b.paths)  # left out, not broken
     doc.blocks.append(paper.Figure("plots/nope.png", "x"))
     with pytest.raises(FileNotFoundError, match="plots/nope.png"):
         paper.write(doc, tmp_path / "r.md", tmp_path / "r.pdf", tmp_path)
@@ -124,3 +125,21 @@ def test_skipped_attention_and_unrecorded_hardware(tmp_path, monkeypatch):
     assert "No attention maps were computed: resnet18 has no attention layers." in md
     assert "attention_cls.png" not in md  # the stage's placeholders are not shown as results
     assert "Not recorded by the training runs; this report was written on" in md
+
+
+def test_zero_shot_sentence_follows_the_paired_tests():
+    def t(p, d):
+        return {"p_value": p, "significant": p < 0.05, "difference": d}
+
+    def ctx(test, val):
+        return {"r": {"zero_shot": {"top1": 0.896}}, "split": "test",
+                "paired_all": {"test": {"full_vs_zero_shot": test[0], "lora_vs_zero_shot": test[1]},
+                               "val": {"full_vs_zero_shot": val[0], "lora_vs_zero_shot": val[1]}}}
+
+    leak = paper.zero_shot_sentence(ctx([t(0.44, 0.01), t(0.57, 0.008)], [t(1e-5, 0.03), t(1e-4, 0.03)]))
+    assert leak.startswith("Neither beats the zero-shot ImageNet head (89.6 %) significantly on this split "
+                           "(McNemar p = 0.44 and p = 0.57), although both do on the validation split")
+    both = paper.zero_shot_sentence(ctx([t(1e-4, 0.05), t(0.01, 0.03)], [t(1e-5, 0.03), t(1e-4, 0.03)]))
+    assert both == "Both beat the zero-shot ImageNet head (89.6 %) significantly (p < 0.001 and p = 0.01)."
+    one = paper.zero_shot_sentence(ctx([t(0.2, 0.01), t(0.01, 0.03)], [t(0.3, 0.0), t(0.3, 0.0)]))
+    assert "only LoRA is significantly better" in one and "although" not in one

@@ -43,9 +43,13 @@ class Table:
 
 @dataclass
 class Figure:
-    path: str
+    path: str | list  # one image, or several side by side
     caption: str
-    width: int = 100  # percent of the text width in the PDF
+    width: int = 100  # percent of the text width in the PDF (of all images together)
+
+    @property
+    def paths(self):
+        return [self.path] if isinstance(self.path, str) else list(self.path)
 
 
 @dataclass
@@ -186,8 +190,8 @@ def markdown(doc, path="report.md"):
             out += [f"*Table {table}. {inline(b.caption)}*", "", md, ""]
         elif isinstance(b, Figure):
             figure += 1
-            rel = Path(_relpath(Path(b.path).resolve(), base)).as_posix()
-            out += [f"![Figure {figure}]({rel})", "", f"*Figure {figure}. {inline(b.caption)}*", ""]
+            out += [" ".join(f"![Figure {figure}]({Path(_relpath(Path(p).resolve(), base)).as_posix()})"
+                             for p in b.paths), "", f"*Figure {figure}. {inline(b.caption)}*", ""]
     out += ["## References", ""] + [f"{number[k]}. {_plain_reference(REFERENCES[k])}" for k in keys]
     return "\n".join(out) + "\n"
 
@@ -254,7 +258,11 @@ def typst(doc, bib="refs.bib"):
             t.append(f"#figure(table(columns: {len(b.header)}, align: ({cols},), stroke: none, "
                      f"table.hline(y: 1, stroke: 0.5pt), {cells}), caption: [{typst_inline(b.caption)}], kind: table)")
         elif isinstance(b, Figure):
-            t.append(f"#figure(image({_typst_string(Path(b.path).as_posix())}, width: {b.width}%), "
+            images = [f"image({_typst_string(Path(p).as_posix())}, width: 100%)" for p in b.paths]
+            body = images[0] if len(images) == 1 else \
+                f"grid(columns: {len(images)}, gutter: 0.6em, {', '.join(images)})"
+            # Floating figures (top or bottom of a page) keep the text from breaking around them.
+            t.append(f"#figure(box(width: {b.width}%, {body}), placement: auto, "
                      f"caption: [{typst_inline(b.caption)}])")
     if keys:
         t.append(f'#bibliography({_typst_string(bib)}, title: "References", style: "ieee")')
@@ -270,8 +278,9 @@ def write(doc, md_path="report.md", pdf_path="report.pdf", root="."):
     import typst as typst_compiler
     root = Path(root).resolve()
     for b in doc.blocks:
-        if isinstance(b, Figure) and not (root / b.path).exists():
-            raise FileNotFoundError(f"figure {b.path} not found: run the stage that draws it (dvc repro)")
+        for p in b.paths if isinstance(b, Figure) else []:
+            if not (root / p).exists():
+                raise FileNotFoundError(f"figure {p} not found: run the stage that draws it (dvc repro)")
     text = markdown(doc, md_path)
     # The Typst source and the bibliography are scaffolding inside the compile root, removed after.
     src, bib = root / ".report.typ", root / ".report.bib"
@@ -325,7 +334,7 @@ def build(metrics_dir="metrics", plots_dir="plots", params=None):
     att = read_json(m / "attention.json") if (m / "attention.json").exists() else None
     prog = read_json(m / "programme.json") if (m / "programme.json").exists() else {}
     r = report._by_method(df)
-    ctx = dict(df=df, r=r, split=split, paired=paired, data=data, trains=trains, cost=cost, att=att,
+    ctx = dict(df=df, r=r, split=split, paired=paired, paired_all=compare.get("paired", {}), data=data, trains=trains, cost=cost, att=att,
                prog=prog if prog.get("best") else None, params=params, plots=p)
     blocks = [*introduction(ctx), *related_work(), *method(ctx), *setup(ctx), *results(ctx), *attention(ctx),
               *discussion(ctx), *limitations(ctx), *conclusion(ctx)]
@@ -382,9 +391,33 @@ def abstract(ctx):
             f"and compare models with paired tests. For {which}, LoRA reaches "
             f"{pct_ci(lora['test_top1'], lora['test_top1_lo'], lora['test_top1_hi'])} clean-test top-1 against "
             f"{pct_ci(full['test_top1'], full['test_top1_lo'], full['test_top1_hi'])} for full fine-tuning, and "
-            f"{_verdict(t)}. LoRA trains {pct(r['lora']['trainable_pct'] / 100)} of the parameters and stores a "
-            f"{r['lora']['checkpoint_mb']:.2f} MB adapter instead of a {r['full']['checkpoint_mb']:.1f} MB model; "
-            f"the zero-shot ImageNet head already scores {pct(r['zero_shot']['top1'])}.")
+            f"{_verdict(t)}. {zero_shot_sentence(ctx)} LoRA trains {pct(r['lora']['trainable_pct'] / 100)} of the "
+            f"parameters and stores a {r['lora']['checkpoint_mb']:.2f} MB adapter instead of a "
+            f"{r['full']['checkpoint_mb']:.1f} MB model.")
+
+
+def zero_shot_sentence(ctx):
+    """Whether fine-tuning beat the untrained ImageNet head, on the clean split and on val."""
+    zs = pct(ctx["r"]["zero_shot"]["top1"])
+    tests = {s: [ctx["paired_all"].get(s, {}).get(f"{m}_vs_zero_shot") for m in ("full", "lora")] for s in ("test", "val")}
+    head = tests[ctx["split"]]
+    if None in head:
+        return f"The zero-shot ImageNet head restricted to the ten breeds scores {zs}."
+    ps = " and ".join(pvalue(t["p_value"]) for t in head)
+    won = [t["significant"] and t["difference"] > 0 for t in head]
+    if all(won):
+        text = f"Both beat the zero-shot ImageNet head ({zs}) significantly ({ps})."
+    elif not any(won):
+        text = f"Neither beats the zero-shot ImageNet head ({zs}) significantly on this split (McNemar {ps})"
+        val = tests["val"]
+        if ctx["split"] != "val" and None not in val and all(t["significant"] and t["difference"] > 0 for t in val):
+            text += (", although both do on the validation split that the backbone has largely seen "
+                     f"({' and '.join(pvalue(t['p_value']) for t in val)})")
+        text += "."
+    else:
+        text = (f"Against the zero-shot ImageNet head ({zs}) only "
+                f"{'full fine-tuning' if won[0] else 'LoRA'} is significantly better ({ps}).")
+    return text
 
 
 def introduction(ctx):
@@ -512,7 +545,7 @@ def results(ctx):
                          ("per_class", f"Per-class accuracy on the {name} split.")):
         path = ctx["plots"] / f"compare_{key}.png"
         if path.exists():
-            blocks.append(Figure(path.as_posix(), caption, 85 if key != "per_class" else 75))
+            blocks.append(Figure(path.as_posix(), caption, {"accuracy": 65, "curves": 90, "per_class": 60}[key]))
     prog = ctx["prog"]
     if prog is None:
         blocks.append(Para("The experiment programme's record (`metrics/experiments.csv`) is absent or has no finished "
@@ -546,7 +579,7 @@ def programme_results(ctx):
     t = prog.get("lora_vs_full")
     if t:
         blocks.append(Para(f"Between the two validation-best configurations, {' '.join(_paired_sentence(t))}"))
-    if prog.get("lora_saturation_rank"):
+    if prog.get("lora_saturation_rank") and prog.get("lora_ranks_run", 0) >= 3:
         blocks.append(Para(f"At a fixed scale alpha/r = 2, LoRA's validation accuracy stops improving at rank "
                            f"{prog['lora_saturation_rank']}: no larger rank is significantly better on val (McNemar, 5 %)."))
     figs = {"frontier": "Clean-test top-1 (95 % CI) against trainable parameters for every run on the full training set.",
@@ -559,7 +592,7 @@ def programme_results(ctx):
     for key, caption in figs.items():
         path = plots / "programme" / f"{key}.png"
         if path.exists():
-            blocks.append(Figure(path.as_posix(), caption))
+            blocks.append(Figure(path.as_posix(), caption, 90 if key in ("rank_lr", "cost") else 65))
     return blocks
 
 
@@ -594,10 +627,13 @@ def attention(ctx):
     blocks = [Heading("Attention")]
     if att is None or "skipped" in att:
         return blocks + [Para("No attention maps were computed" + (f": {att['skipped']}." if att else "."))]
-    for key, caption in (("attention_cls", "Last-layer CLS attention, mean over heads: input, pretrained, full, LoRA."),
-                         ("attention_rollout", "Gradient-weighted attention rollout for the true class.")):
-        if (plots / f"{key}.png").exists():
-            blocks.append(Figure((plots / f"{key}.png").as_posix(), caption, 90))
+    maps = [(plots / f"{k}.png").as_posix() for k in ("attention_cls", "attention_rollout")
+            if (plots / f"{k}.png").exists()]
+    if maps:
+        blocks.append(Figure(maps, "Where the models look on clean test images. Left: last-layer CLS attention (mean "
+                                   "over heads); right: gradient-weighted attention rollout for the true class. "
+                                   "Columns: input, pretrained, full fine-tuning, LoRA; titles: prediction and confidence.",
+                             100 if len(maps) == 2 else 50))
     models = [k for k in ("pretrained", "full", "lora") if k in att]
     rows = [[k, f"{att[k]['cls_entropy']:.3f}", f"{att[k]['center_mass']:.3f}", f"{att[k]['rollout_entropy']:.3f}",
              f"{att[k]['rollout_center_mass']:.3f}"] for k in models]
@@ -654,7 +690,8 @@ def discussion(ctx):
                      f"limited update of a backbone that already knows these breeds would.")
     zs = r["zero_shot"]["top1"]
     which.append(f"Both start from a strong point: the zero-shot head already scores {pct(zs)}, so fine-tuning adds "
-                 f"{100 * (r['full']['top1'] - zs):+.1f} (full) and {100 * (r['lora']['top1'] - zs):+.1f} (LoRA) points.")
+                 f"{100 * (r['full']['top1'] - zs):+.1f} (full) and {100 * (r['lora']['top1'] - zs):+.1f} (LoRA) points. "
+                 + zero_shot_sentence(ctx))
     return [Heading("Discussion"), Para(" ".join(which)),
             Para("**When is LoRA useful?** " + paras[1] + " " + paras[2])]
 

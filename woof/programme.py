@@ -277,7 +277,7 @@ def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS
             break
         run = pending[0]
         rerun = tuple(n for n in rerun if n != run.name)
-        print(f"=== {run.name} ({run.block}): {json.dumps(run.overrides) or 'defaults'}; "
+        print(f"=== {run.name} ({run.block}): {json.dumps(run.overrides) if run.overrides else 'defaults'}; "
               f"{len(pending) - 1} more after it", flush=True)
         DETAILS.mkdir(parents=True, exist_ok=True)
         out = DETAILS / f".{run.name}.result.json"

@@ -96,6 +96,7 @@ def summarize(df, correct):
     bf, bl = out["best"].get("full"), out["best"].get("lora")
     out["lora_vs_full"] = paired(correct, bl["name"], bf["name"]) if bf and bl else None
     out["lora_saturation_rank"] = saturation_rank(df, correct)
+    out["lora_ranks_run"] = int(((df.block == "lora-rank") & (df.status == "ok")).sum())
     return out
 
 
@@ -290,8 +291,18 @@ def plot_cost(df, path):
     save_png(fig, path)
 
 
-FIGURES = {"frontier": plot_frontier, "rank_lr": plot_rank_lr, "fractions": plot_fractions,
-           "freeze": plot_freeze, "cost": plot_cost}
+def _ok(df, blocks=None):
+    d = df[(df.status == "ok") & (df.block != "baseline")]
+    return d if blocks is None else d[d.block.isin(blocks)]
+
+
+# name -> (draw, whether the record has enough for it yet: a partial programme skips a figure
+# that would show one point)
+FIGURES = {"frontier": (plot_frontier, lambda df: len(_ok(df)) >= 2),
+           "rank_lr": (plot_rank_lr, lambda df: len(_ok(df, FAMILIES["lora"])) >= 2 or len(_ok(df, ["full-lr"])) >= 2),
+           "fractions": (plot_fractions, lambda df: len(_ok(df, ["fraction"])) >= 1),
+           "freeze": (plot_freeze, lambda df: len(_ok(df, ["freeze", "probe"])) >= 1),
+           "cost": (plot_cost, lambda df: len(_ok(df)) >= 3)}
 
 
 def main(record_path="metrics/experiments.csv", details_dir="metrics/experiments", out_dir="plots/programme",
@@ -307,8 +318,9 @@ def main(record_path="metrics/experiments.csv", details_dir="metrics/experiments
     df, correct = load(record_path, details_dir)
     summary = summarize(df, correct)
     with atomic_path(out_dir, is_dir=True) as tmp:
-        for name, plot in FIGURES.items():
-            plot(df, tmp / f"{name}.png")
+        for name, (plot, enough) in FIGURES.items():
+            if enough(df):
+                plot(df, tmp / f"{name}.png")
         (tmp / "runs.md").write_text(runs_table(df, summary))
     write_json(summary_path, summary)
     print((out_dir / "runs.md").read_text())
