@@ -48,10 +48,11 @@ bench: $(VENV)/.dev              ## speed and memory table (python -m woof.bench
 	$(PY) -m woof.bench all
 
 # The experiment programme (README "Experiment programme"): one run at a time on the prepared
-# data, every result kept in metrics/experiments.csv. Needs `make offline` (or `make`) first.
+# data, every result kept in metrics/experiments.csv (use the SHARED mirror, or MIRROR= online).
 # THREADS=1 leaves a core to tests; BLOCKS picks blocks (python -m woof.programme list).
 SEEDS   ?= 0 1 2
-PROGRAMME = $(MIRROR) $(PY) -m woof.programme run $(if $(THREADS),--threads $(THREADS))
+# `dvc repro preprocess` first: on a fresh machine it prepares the data (a minute) and nothing else.
+PROGRAMME = $(MIRROR) dvc repro preprocess && $(MIRROR) $(PY) -m woof.programme run $(if $(THREADS),--threads $(THREADS))
 programme: $(VENV)/.runtime      ## every run of the programme the record lacks, then the summary
 	$(PROGRAMME) $(BLOCKS) --seeds $(SEEDS)
 	$(PY) -m woof.programme summary

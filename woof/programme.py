@@ -222,12 +222,19 @@ def run_one(run, device="cpu"):
            "peak_memory_mb": metrics.get("peak_memory_mb"), "epochs": len(history),
            "precision": params["train"]["precision"], "git_rev": _git_rev(), "hardware": machine(device),
            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    for split, m in ev[run.method].items():
-        row.update({f"{split}_top1": m["top1"], f"{split}_top1_lo": m["top1_ci"][0],
-                    f"{split}_top1_hi": m["top1_ci"][1], f"{split}_top5": m["top5"], f"{split}_n": m["n"]})
+    row.update(split_columns(ev[run.method]))
     details = {"name": run.name, "overrides": run.overrides, "history": history,
                **per_image({s: rows[run.method] for s, rows in predictions.items()}, classes)}
     return row, details
+
+
+def split_columns(by_split):
+    """The record's accuracy columns from evaluate's {split: metrics} of one model."""
+    row = {}
+    for split, m in by_split.items():
+        row.update({f"{split}_top1": m["top1"], f"{split}_top1_lo": m["top1_ci"][0],
+                    f"{split}_top1_hi": m["top1_ci"][1], f"{split}_top5": m["top5"], f"{split}_n": m["n"]})
+    return row
 
 
 def per_image(predictions, classes):
@@ -331,12 +338,9 @@ def adopt(metrics_dir="metrics", plots_dir="plots"):
                                               "total_params", "peak_memory_mb", "precision", "hardware")},
                "epochs": train.get("epochs"), "git_rev": _git_rev() + " (dvc repro)",
                "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        predictions = {}
-        for split, m in ev[method].items():
-            row.update({f"{split}_top1": m["top1"], f"{split}_top1_lo": m["top1_ci"][0],
-                        f"{split}_top1_hi": m["top1_ci"][1], f"{split}_top5": m["top5"], f"{split}_n": m["n"]})
-            predictions[split] = pd.read_csv(Path(plots_dir) / "predictions" / f"{split}_{method}.csv"
-                                             ).to_dict("records")
+        row.update(split_columns(ev[method]))
+        predictions = {split: pd.read_csv(Path(plots_dir) / "predictions" / f"{split}_{method}.csv").to_dict("records")
+                       for split in ev[method]}
         DETAILS.mkdir(parents=True, exist_ok=True)
         write_json(DETAILS / f"{name}.json", {"name": name, "overrides": run.overrides, "history": history,
                                               **per_image(predictions, classes)})
