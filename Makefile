@@ -18,7 +18,7 @@ MINI    := WOOF_FETCH_URL=$(SHARED)/data/imagewoof2-mini.tgz \
            WOOF_WEIGHTS=$(SHARED)/weights/vit_tiny_patch16_224.safetensors
 
 .PHONY: all repro offline mini test bench programme sweep sweep-full seeds summary dvc-sweep comparisons \
-        sweep-collect ci-small pr-report clean-venv
+        sweep-collect ci-small pr-report gpu-prepare gpu-check clean-venv
 all: repro
 
 $(VENV)/.runtime: requirements.txt
@@ -95,6 +95,13 @@ ci-small: $(VENV)/.runtime
 
 pr-report: $(VENV)/.runtime      ## Markdown of metric/param diffs against BASE, for a pull request
 	$(PY) -m woof.pr_report --base $(BASE) --out pr-report.md
+
+gpu-prepare:                     ## .gpu/: what scripts/gpu_check.sh needs on a GPU machine (git-ignored)
+	mkdir -p .gpu
+	cp $(SHARED)/data/imagewoof2-mini.tgz $(SHARED)/weights/vit_tiny_patch16_224.safetensors .gpu/
+
+gpu-check: gpu-prepare           ## the prepared GPU check, on this machine's GPU (scripts/gpu_check.sh)
+	PY=$(PY) bash scripts/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,6 +2,8 @@
 measured by `python -m woof.bench all`, never by a timed test)."""
 import pytest
 
+from conftest import ROOT
+
 from woof import bench
 
 
@@ -54,3 +56,21 @@ def test_head_to_head_pairs_ours_with_peft_on_the_same_configuration():
     names = set(bench.LORA_ROWS) | set(bench.ALL_ROWS)
     for config in bench.HEAD_TO_HEAD:
         assert {f"LoRA ours {config}", f"LoRA PEFT {config}"} <= names, config
+
+
+def test_gpu_check_refuses_without_its_inputs(tmp_path):
+    """scripts/gpu_check.sh names what is missing in one line before any work."""
+    import shutil
+    import subprocess
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "gpu_check.sh", repo / "scripts")
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("imagewoof2-mini.tgz not found: run `make gpu-prepare` and carry .gpu")
+    assert not (repo / "metrics").exists()
+
+
+def test_bench_names_the_kernels_it_found():
+    from woof.bench import kernels
+    assert kernels("cpu").startswith("CPU capability ") and "oneDNN bf16 " in kernels("cpu")

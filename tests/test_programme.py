@@ -155,3 +155,11 @@ def test_adopt_records_the_pipeline_runs(project):
 def _mkdir(path):
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_missing_data_stops_before_any_run(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="data/prepared/files.json not found: run `dvc repro preprocess`"):
+        programme.run_programme()
+    assert not (tmp_path / "metrics" / "experiments.csv").exists()  # nothing recorded as failed

@@ -390,6 +390,16 @@ def markdown(results, reference="full fine-tuning", peak_gflops=None):
     return "\n".join(lines)
 
 
+def kernels(device="cpu"):
+    """What the matmuls can use here: bf16 rates differ by 20x between CPUs with and without
+    native bf16 (AVX512-BF16 / AMX), so the bench says which it found."""
+    if str(device).startswith("cuda"):
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"CUDA {torch.version.cuda}, compute capability {major}.{minor}, bf16 {torch.cuda.is_bf16_supported()}"
+    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return f"CPU capability {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {'yes' if bf16 else 'no'}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", nargs="?", default="lora", choices=sorted(SUITES))
@@ -406,6 +416,7 @@ def main(argv=None):
     print(f"# {args.model}, {args.image_size} px, batch {args.batch_size}, float32, AdamW, "
           f"{machine(args.device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"median of {args.steps} steps after {args.warmup} warmup, {time.strftime('%Y-%m-%d')}", flush=True)
+    print(f"# kernels: {kernels(args.device)}", flush=True)
     results = run(SUITES[args.suite], args.model, args.batch_size, args.image_size, args.steps,
                   args.warmup, args.device)
     peak = {"fp32": matmul_gflops(args.device), "bf16": matmul_gflops(args.device, dtype=torch.bfloat16)}

@@ -274,6 +274,10 @@ def todo(record, blocks=None, rerun=(), seeds=SEEDS):
 def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS):
     """Run every missing run of `blocks` one after the other, each in its own process (its own
     peak memory, nothing leaking between runs), recording each result as it arrives."""
+    try:  # a user error stops the programme before any run, instead of failing every run
+        check_prepared(load_params())
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
     if threads:  # e.g. leave a core to tests: two processes on both cores slow each other 3-6x
