@@ -1,6 +1,8 @@
 """Stage evaluate: the zero-shot baseline and both fine-tuned models on every evaluation split
-(val, and test under data.split=clean_test), with confidence intervals and per-image predictions."""
+(val, and test under data.split=clean_test), with confidence intervals and per-image predictions,
+and how far fine-tuning moved the weights from the pretrained ones (metrics/drift.json)."""
 
+from woof import drift
 from woof.data import load_classes, load_eval_splits
 from woof.evaluate import evaluate_models
 from woof.io import atomic_path, load_params, write_csv, write_json
@@ -27,6 +29,10 @@ if __name__ == "__main__":
                 write_csv(tmp / f"{split}_{method}.csv", rows)
     write_csv("plots/per_class.csv", per_class)
     write_json("metrics/evaluate.json", metrics)
+    # How far each fine-tuning moved the weights from the pretrained model (= the zero-shot one).
+    moved = drift.drift(models["zero_shot"], {m: models[m] for m in ("full", "lora")})
+    write_json("metrics/drift.json", moved)
+    drift.plot(moved, "plots/drift.png")
     for method, by_split in metrics.items():
         for split, m in by_split.items():
             lo, hi = m["top1_ci"]

@@ -143,3 +143,14 @@ def test_zero_shot_sentence_follows_the_paired_tests():
     assert both == "Both beat the zero-shot ImageNet head (89.6 %) significantly (p < 0.001 and p = 0.01)."
     one = paper.zero_shot_sentence(ctx([t(0.2, 0.01), t(0.01, 0.03)], [t(0.3, 0.0), t(0.3, 0.0)]))
     assert "only LoRA is significantly better" in one and "although" not in one
+
+
+def test_weight_drift_sentence(tmp_path, monkeypatch):
+    pipeline_outputs(tmp_path)
+    (tmp_path / "metrics" / "drift.json").write_text(json.dumps(
+        {"full": {"overall": 0.03, "max": 0.09, "per_group": {}, "head": 0.5},
+         "lora": {"overall": 0.01, "max": 0.02, "per_group": {}, "head": 0.4}}))
+    doc = build(tmp_path, monkeypatch)
+    text = " ".join(getattr(b, "text", "") for b in doc.blocks)
+    assert "Full fine-tuning changed the backbone's weight matrices by 3.00 % on average" in text
+    assert "LoRA by 1.00 % (at most 2.0 %): 3.0x less for LoRA." in text

@@ -333,9 +333,10 @@ def build(metrics_dir="metrics", plots_dir="plots", params=None):
     cost = read_json(m / "cost.json") if (m / "cost.json").exists() else {}
     att = read_json(m / "attention.json") if (m / "attention.json").exists() else None
     prog = read_json(m / "programme.json") if (m / "programme.json").exists() else {}
+    moved = read_json(m / "drift.json") if (m / "drift.json").exists() else None
     r = report._by_method(df)
     ctx = dict(df=df, r=r, split=split, paired=paired, paired_all=compare.get("paired", {}), data=data, trains=trains, cost=cost, att=att,
-               prog=prog if prog.get("best") else None, params=params, plots=p)
+               prog=prog if prog.get("best") else None, params=params, plots=p, drift=moved)
     blocks = [*introduction(ctx), *related_work(), *method(ctx), *setup(ctx), *results(ctx), *attention(ctx),
               *discussion(ctx), *limitations(ctx), *conclusion(ctx)]
     return Doc(TITLE, abstract(ctx), blocks)
@@ -664,8 +665,8 @@ def attention_paragraph(att):
         de = att[k]["cls_entropy"] - att["pretrained"]["cls_entropy"]
         text.append(f"After {label} the CLS attention is {'more' if de > 0 else 'less'} spread out (entropy {de:+.3f}) "
                     f"and puts {'more' if dm > 0 else 'less'} of its mass on the image centre ({dm:+.3f}).")
-    text.append(f"With so few images these statistics describe the shown examples; {far}'s larger change is "
-                "consistent with it updating every attention weight rather than a rank-limited part of them.")
+    text.append(f"With {att.get('num_images', 'so few')} images these statistics describe the examples shown, "
+                f"not a property of the methods; {far} moved the attention further on them.")
     return " ".join(text)
 
 
@@ -683,17 +684,31 @@ def discussion(ctx):
         which.append("On these images the two are therefore not distinguishable, and the choice between them rests on cost.")
     elif t is not None:
         which.append("The better method wins on the same images, not just on average.")
+    moved = ctx.get("drift")
+    if moved and "full" in moved and "lora" in moved:
+        f, lo = moved["full"], moved["lora"]
+        which.append(f"**How far did each move?** Full fine-tuning changed the backbone's weight matrices by "
+                     f"{pct(f['overall'], 2)} on average (relative Frobenius norm ||W - W0|| / ||W0||, at most "
+                     f"{pct(f['max'], 1)} in one matrix), LoRA by {pct(lo['overall'], 2)} (at most {pct(lo['max'], 1)}): "
+                     + (f"{f['overall'] / lo['overall']:.1f}x less" if f["overall"] > lo["overall"] else
+                        f"{lo['overall'] / f['overall']:.1f}x more") + " for LoRA.")
     if ctx["att"] and "corr" in ctx["att"]:
         c = ctx["att"]["corr"]
-        which.append(f"LoRA also moves the model less: its attention maps stay at {c['pretrained_lora']:.2f} correlation "
-                     f"with the pretrained model's against {c['pretrained_full']:.2f} for full fine-tuning, as a rank-"
-                     f"limited update of a backbone that already knows these breeds would.")
+        closer = c["pretrained_lora"] > c["pretrained_full"]
+        which.append(f"LoRA's attention maps stay {'closer to' if closer else 'further from'} the pretrained model's "
+                     f"({c['pretrained_lora']:.2f} correlation against {c['pretrained_full']:.2f} for full fine-tuning)"
+                     + (", although its weights moved more: a larger change in fewer directions can leave "
+                        "where the model looks nearly as it was." if closer and moved and
+                        moved["lora"]["overall"] > moved["full"]["overall"] else "."))
     zs = r["zero_shot"]["top1"]
     which.append(f"Both start from a strong point: the zero-shot head already scores {pct(zs)}, so fine-tuning adds "
                  f"{100 * (r['full']['top1'] - zs):+.1f} (full) and {100 * (r['lora']['top1'] - zs):+.1f} (LoRA) points. "
                  + zero_shot_sentence(ctx))
-    return [Heading("Discussion"), Para(" ".join(which)),
-            Para("**When is LoRA useful?** " + paras[1] + " " + paras[2])]
+    blocks = [Heading("Discussion"), Para(" ".join(which))]
+    if moved and (ctx["plots"] / "drift.png").exists():
+        blocks.append(Figure((ctx["plots"] / "drift.png").as_posix(), "Mean relative change of the weight matrices "
+                             "of each block from the pretrained model (log scale).", 65))
+    return blocks + [Para("**When is LoRA useful?** " + paras[1] + " " + paras[2])]
 
 
 def limitations(ctx):
@@ -702,7 +717,9 @@ def limitations(ctx):
                      "ImageNet may rank the methods differently.",
                      f"The clean test split has {count(ctx['data'].get('test_images', ctx['df'].n.iloc[0]))} images, so its "
                      "95 % intervals are about ±2 points wide; differences smaller than that are not resolved.",
-                     "Training and timing are on a two-core CPU; speed ratios on a GPU differ.",
+                     "Training and timing are on a two-core CPU; speed ratios on a GPU differ. Training minutes are "
+                     "the wall-clock time of single runs on a shared machine; the benchmark that interleaves the "
+                     "methods step by step (`python -m woof.bench`) is the reference for speed ratios.",
                      "The backbone has seen the train and validation images during pretraining; the clean test split "
                      "removes that from the reported numbers but not from training.",
                      "Attention statistics are computed on a handful of images."])]
