@@ -546,7 +546,7 @@ def results(ctx):
                          ("per_class", f"Per-class accuracy on the {name} split.")):
         path = ctx["plots"] / f"compare_{key}.png"
         if path.exists():
-            blocks.append(Figure(path.as_posix(), caption, {"accuracy": 65, "curves": 90, "per_class": 60}[key]))
+            blocks.append(Figure(path.as_posix(), caption, {"accuracy": 55, "curves": 85, "per_class": 50}[key]))
     prog = ctx["prog"]
     if prog is None:
         blocks.append(Para("The experiment programme's record (`metrics/experiments.csv`) is absent or has no finished "
@@ -593,7 +593,7 @@ def programme_results(ctx):
     for key, caption in figs.items():
         path = plots / "programme" / f"{key}.png"
         if path.exists():
-            blocks.append(Figure(path.as_posix(), caption, 90 if key in ("rank_lr", "cost") else 65))
+            blocks.append(Figure(path.as_posix(), caption, 80 if key in ("rank_lr", "cost") else 55))
     return blocks
 
 
@@ -634,7 +634,7 @@ def attention(ctx):
         blocks.append(Figure(maps, "Where the models look on clean test images. Left: last-layer CLS attention (mean "
                                    "over heads); right: gradient-weighted attention rollout for the true class. "
                                    "Columns: input, pretrained, full fine-tuning, LoRA; titles: prediction and confidence.",
-                             100 if len(maps) == 2 else 50))
+                             75 if len(maps) == 2 else 40))
     models = [k for k in ("pretrained", "full", "lora") if k in att]
     rows = [[k, f"{att[k]['cls_entropy']:.3f}", f"{att[k]['center_mass']:.3f}", f"{att[k]['rollout_entropy']:.3f}",
              f"{att[k]['rollout_center_mass']:.3f}"] for k in models]
@@ -707,7 +707,7 @@ def discussion(ctx):
     blocks = [Heading("Discussion"), Para(" ".join(which))]
     if moved and (ctx["plots"] / "drift.png").exists():
         blocks.append(Figure((ctx["plots"] / "drift.png").as_posix(), "Mean relative change of the weight matrices "
-                             "of each block from the pretrained model (log scale).", 65))
+                             "of each block from the pretrained model (log scale).", 55))
     return blocks + [Para("**When is LoRA useful?** " + paras[1] + " " + paras[2])]
 
 
