@@ -26,8 +26,12 @@ def main(params_path="params.yaml", out="metrics/cost.json"):
     table = analysis.cost_table(factory, methods,
                                 batch_size=cost.get("batch_size", 32), image_size=image_size,
                                 device=cost.get("device", "cpu"))
+    # The worked example: LeNet-5 on one 28x28 grey image, small enough to check by hand.
+    table["lenet5"] = analysis.cost_table(analysis.LeNet5, analysis.LENET_METHODS, batch_size=1, image_size=28,
+                                          in_chans=1)
     write_json(out, table)
-    print(analysis.format_table(table))
+    print(analysis.format_table({k: v for k, v in table.items() if k != "lenet5"}))
+    print("LeNet-5 (batch 1, 28x28 grey):\n" + analysis.format_table(table["lenet5"]))
 
 
 if __name__ == "__main__":

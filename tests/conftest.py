@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WOOF_SHARED", ROOT.parent / "shared"))
@@ -78,17 +76,4 @@ needs_shared = pytest.mark.skipif(not (SHARED / "data" / "imagewoof2-mini.tgz").
                                   reason=f"{SHARED} (local ImageWoof mirror) not available")
 
 
-class LeNet5(nn.Module):
-    """The classic exercise (28x28 grey input, 44,426 parameters) for parameter, FLOP and LoRA tests."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.pool = nn.AvgPool2d(2)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(256, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x):  # (B, 1, 28, 28)
-        x = self.pool(torch.tanh(self.conv1(x)))  # (B, 6, 12, 12)
-        x = self.pool(torch.tanh(self.conv2(x)))  # (B, 16, 4, 4)
-        x = torch.tanh(self.fc1(x.flatten(1)))  # (B, 120)
-        return self.fc3(torch.tanh(self.fc2(x)))  # (B, 10)
+from woof.analysis import LeNet5  # noqa: E402,F401  (the small model of the tests and the cost stage's worked example)

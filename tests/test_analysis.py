@@ -14,9 +14,7 @@ from woof import analysis
 from woof.lora import count_parameters
 from woof.models import create_model, num_blocks
 
-FULL = {}
-PROBE = {"trainable": ["fc3"]}
-LORA = {"lora": {"targets": ["fc1", "fc2", "fc3"], "rank": 2, "alpha": 2, "trainable": ()}}
+FULL, PROBE, LORA = (analysis.LENET_METHODS[k] for k in ("full", "linear_probe", "lora"))
 
 
 def counts(model):
@@ -96,7 +94,9 @@ def test_cost_stage_on_resnet18(tmp_path):
     # runpy: the stage script as dvc runs it, without needing the repository root on sys.path
     runpy.run_path(str(ROOT / "stages" / "cost.py"))["main"](str(tmp_path / "params.yaml"), str(out))
     table = json.loads(out.read_text())
-    assert set(table) == {"full", "linear_probe", "lora", "frozen"}
+    assert set(table) == {"full", "linear_probe", "lora", "frozen", "lenet5"}
+    lenet = table["lenet5"]  # the worked example, the same whatever the model
+    assert lenet["full"]["total_params"] == 44_426 and lenet["lora"]["trainable_params"] == 1_348
     full, probe, lora, frozen = (table[k] for k in ("full", "linear_probe", "lora", "frozen"))
     assert full["total_params"] == 11_181_642  # resnet18 with a 10-class fc
     assert probe["trainable_params"] == 512 * 10 + 10

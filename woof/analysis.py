@@ -27,6 +27,7 @@ import gc
 import weakref
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -35,6 +36,28 @@ from woof.lora import apply_lora, count_parameters, lora_modules, merge_lora
 from woof.models import set_trainable
 
 MB = 2 ** 20
+
+
+class LeNet5(nn.Module):
+    """The classic exercise (28x28 grey input, 44,426 parameters): the cost stage's worked example,
+    small enough to check every count by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.pool = nn.AvgPool2d(2)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(256, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):  # (B, 1, 28, 28)
+        x = self.pool(torch.tanh(self.conv1(x)))  # (B, 6, 12, 12)
+        x = self.pool(torch.tanh(self.conv2(x)))  # (B, 16, 4, 4)
+        x = torch.tanh(self.fc1(x.flatten(1)))  # (B, 120)
+        return self.fc3(torch.tanh(self.fc2(x)))  # (B, 10)
+
+
+# Full fine-tuning, probing the last layer, LoRA r=2 on the three linear layers (1,348 adapter parameters).
+LENET_METHODS = {"full": {}, "linear_probe": {"trainable": ["fc3"]},
+                 "lora": {"lora": {"targets": ["fc1", "fc2", "fc3"], "rank": 2, "alpha": 2, "trainable": ()}}}
 
 
 def prepare(model, method):

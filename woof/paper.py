@@ -615,6 +615,18 @@ def cost_results(ctx):
         blocks.append(Table(["method", "trainable", "train GFLOPs/step", "weights MB", "grads MB", "AdamW MB", "activations MB"],
                             rows, "FLOPs per training step and the memory split, counted by the cost stage "
                                   "(`metrics/cost.json`, batch of the cost stage)."))
+    lenet = cost.get("lenet5")
+    if lenet:
+        names = {"full": "full fine-tuning", "lora": "LoRA r=2 on fc1-fc3", "linear_probe": "probe (fc3 only)"}
+        rows = [[names.get(k, k), count(v["trainable_params"]), f"{v['train_flops'] / 1e3:,.0f}",
+                 f"{v['inference_flops'] / 1e3:,.0f}", f"{v['grads_mb'] * 1024:.1f}", f"{v['optimizer_mb'] * 1024:.1f}",
+                 f"{v['activations_mb'] * 1024:.1f}"] for k, v in lenet.items()]
+        total = next(iter(lenet.values()))["total_params"]
+        blocks += [Para(f"**A worked example.** The same accounting on LeNet-5 ({count(total)} parameters, one 28x28 grey "
+                        "image) can be checked by hand: AdamW keeps 8 bytes per trainable parameter, gradients 4, and "
+                        "freezing all but the last layer removes the weight gradients and the backward below it."),
+                   Table(["LeNet-5", "trainable", "train kFLOPs/step", "inference kFLOPs", "grads KB", "AdamW KB",
+                          "activations KB"], rows, "The LeNet-5 worked example (`metrics/cost.json`, `lenet5`).")]
     tf, tl = r["full"]["train_minutes"], r["lora"]["train_minutes"]
     blocks.append(Para(f"Measured in the pipeline, full fine-tuning trained in {tf:.1f} min at "
                        f"{r['full']['train_images_per_s']:.1f} img/s and LoRA in {tl:.1f} min at "
