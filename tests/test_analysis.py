@@ -54,7 +54,8 @@ def test_cost_table_on_lenet():
     assert lora["trainable_params"] == 1_348 and lora["rank"] == 2
     assert probe["train_flops"] < lora["train_flops"] < full["train_flops"]
     assert lora["inference_flops"] == full["inference_flops"]  # merged for inference
-    assert "| full |" in analysis.format_table(table)
+    rows = [line.split("|")[1].strip() for line in analysis.format_table(table).splitlines()[2:]]
+    assert rows == ["full", "linear_probe", "lora"]
 
 
 def test_live_tensor_memory_counts_allocations():

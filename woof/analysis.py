@@ -257,21 +257,12 @@ def methods_from_params(params, blocks):
 
 
 def format_table(table):
-    """Markdown table of a cost table (for the comparison report and the terminal)."""
-    cols = ["total_params", "trainable_params", "train_flops", "inference_flops", "weights_mb",
-            "grads_mb", "optimizer_mb", "activations_mb", "measured_peak_mb"]
-    head = ["method", "total params", "trainable", "train GFLOPs/step", "inference GFLOPs/img",
-            "weights MB", "grads MB", "AdamW MB", "activations MB", "measured peak MB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, row in table.items():
-        cells = [name]
-        for c in cols:
-            v = row.get(c, "")
-            if c.endswith("flops"):
-                cells.append(f"{v / 1e9:.3f}")
-            elif c.endswith("params"):
-                cells.append(f"{v:,}")
-            else:
-                cells.append(f"{v:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """Markdown table of a cost table (for the terminal)."""
+    import pandas as pd
+    rows = [{"method": name, "total params": f"{r['total_params']:,}", "trainable": f"{r['trainable_params']:,}",
+             "train GFLOPs/step": f"{r['train_flops'] / 1e9:.3f}", "inference GFLOPs/img": f"{r['inference_flops'] / 1e9:.3f}",
+             **{label: f"{r[key]:.1f}" for key, label in (("weights_mb", "weights MB"), ("grads_mb", "grads MB"),
+                                                          ("optimizer_mb", "AdamW MB"), ("activations_mb", "activations MB"),
+                                                          ("measured_peak_mb", "measured peak MB"))}}
+            for name, r in table.items()]
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * 9) + "\n"

@@ -144,11 +144,9 @@ def markdown_table(df):
     if "train_flops" in df:
         cols += [("Train GFLOPs/step", lambda r: _fmt(r.train_flops / 1e9, ".1f")),
                  ("Inference GFLOPs", lambda r: _fmt(r.inference_flops / 1e9, ".2f"))]
-    lines = ["| " + " | ".join(c for c, _ in cols) + " |",
-             "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(cols))) + "|"]
-    for r in df.itertuples():
-        lines.append("| " + " | ".join(f(r) for _, f in cols) + " |")
-    return "\n".join(lines) + "\n"
+    table = pd.DataFrame([[f(r) for _, f in cols] for r in df.itertuples()], columns=[c for c, _ in cols])
+    return table.to_markdown(index=False, disable_numparse=True,
+                             colalign=["left"] + ["right"] * (len(cols) - 1)) + "\n"
 
 
 def _by_method(df):

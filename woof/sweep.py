@@ -388,17 +388,10 @@ def _markdown(df):
     def fmt(v):
         if v is None or (isinstance(v, float) and pd.isna(v)):
             return ""
-        if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and abs(v) >= 1000:
             return f"{int(v):,}"  # parameter counts (floats only because of missing values)
-        if isinstance(v, int) and abs(v) >= 1000:
-            return f"{v:,}"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return df.map(fmt).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def _rel(path, markdown_file):
