@@ -71,7 +71,7 @@ def test_programme_records_every_run_once_then_summarizes(project, capsys):
 
     # The summary reads the record alone.
     summary = results.main("metrics/experiments.csv", "metrics/experiments", "plots/programme",
-                           "metrics/programme.json")
+                           "metrics/programme.json", "metrics/programme.md")
     record = programme.read_record()
     full = record[record.block == "full-lr"].sort_values("val_top1", ascending=False).iloc[0]
     assert summary["best"]["full"]["name"] == full["name"]
@@ -83,7 +83,7 @@ def test_programme_records_every_run_once_then_summarizes(project, capsys):
     for name in ("frontier", "rank_lr", "fractions", "cost"):  # freeze: its only run failed
         assert (project / "plots/programme" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert not (project / "plots/programme/freeze.png").exists()
-    table = (project / "plots/programme/runs.md").read_text()
+    table = (project / "metrics/programme.md").read_text()
     assert f"**{full['name']}** (best full fine-tuning)" in table and "failed: ValueError" in table
     assert "mean ± std over seeds" in table
     assert json.loads((project / "metrics/programme.json").read_text())["runs"] == {"ok": 10, "failed": 1, "missing": 0}
@@ -102,8 +102,9 @@ def test_selection_is_on_val_and_reports_test(project):
 
 
 def test_summary_without_a_record(tmp_path):
-    assert results.main(tmp_path / "none.csv", tmp_path / "d", tmp_path / "plots", tmp_path / "p.json") is None
-    assert "make programme" in (tmp_path / "plots" / "runs.md").read_text()
+    assert results.main(tmp_path / "none.csv", tmp_path / "d", tmp_path / "plots", tmp_path / "p.json",
+                        tmp_path / "p.md") is None
+    assert "make programme" in (tmp_path / "p.md").read_text() and (tmp_path / "plots").is_dir()
     assert json.loads((tmp_path / "p.json").read_text())["runs"]["ok"] == 0
 
 

@@ -364,8 +364,7 @@ def main(argv=None):
     r.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
                    help="seeds of the val-best configurations (block seeds); 0 is the grid run")
     sub.add_parser("adopt", help="record the pipeline's train_full/train_lora as their programme runs")
-    s = sub.add_parser("summary", help="selection, tables and figures from the record only")
-    s.add_argument("--out", default="plots/programme")
+    sub.add_parser("summary", help="selection, tables and figures from the record only")
     one = sub.add_parser("_one")  # internal: one run in a child process
     one.add_argument("spec")
     one.add_argument("out")
@@ -386,7 +385,7 @@ def main(argv=None):
         adopt()
     elif args.cmd == "summary":
         from woof import results
-        results.main(RECORD, DETAILS, args.out)
+        results.main(RECORD, DETAILS)
     elif args.cmd == "_one":
         _one(args.spec, args.out)
 

@@ -3,8 +3,9 @@ metrics/experiments/<name>.json); nothing is re-run.
 
 Writes metrics/programme.json (the val-best configuration of each method with its test numbers,
 the paired test between the best LoRA and the best full fine-tuning, seeds as mean ± std, the
-rank at which LoRA stops improving) and, under plots/programme/, the figures and runs.md (every
-run, best per method marked). Selection is on val; test is only reported.
+rank at which LoRA stops improving), metrics/programme.md (every run, best per method marked; in
+git, for GitHub) and the figures under plots/programme/ (DVC-cached). Selection is on val; test
+is only reported.
 """
 import json
 from pathlib import Path
@@ -306,13 +307,15 @@ FIGURES = {"frontier": (plot_frontier, lambda df: len(_ok(df)) >= 2),
 
 
 def main(record_path="metrics/experiments.csv", details_dir="metrics/experiments", out_dir="plots/programme",
-         summary_path="metrics/programme.json"):
+         summary_path="metrics/programme.json", table_path="metrics/programme.md"):
     """Everything from the record; an absent record gives an empty summary, not an error."""
     out_dir = Path(out_dir)
     if not Path(record_path).exists():
         write_json(summary_path, {"runs": {"ok": 0, "failed": 0}, "note": f"no record at {record_path}"})
-        with atomic_path(out_dir, is_dir=True) as tmp:
-            (tmp / "runs.md").write_text(f"No experiment record ({record_path}): run `make programme`.\n")
+        with atomic_path(table_path) as tmp:
+            tmp.write_text(f"No experiment record ({record_path}): run `make programme`.\n")
+        with atomic_path(out_dir, is_dir=True):
+            pass  # an empty figure folder: nothing to draw
         print(f"no record at {record_path}: run `make programme`")
         return None
     df, correct = load(record_path, details_dir)
@@ -321,7 +324,9 @@ def main(record_path="metrics/experiments.csv", details_dir="metrics/experiments
         for name, (plot, enough) in FIGURES.items():
             if enough(df):
                 plot(df, tmp / f"{name}.png")
-        (tmp / "runs.md").write_text(runs_table(df, summary))
+    table = runs_table(df, summary)
+    with atomic_path(table_path) as tmp:
+        tmp.write_text(table)
     write_json(summary_path, summary)
-    print((out_dir / "runs.md").read_text())
+    print(table)
     return summary
