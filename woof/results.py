@@ -93,7 +93,10 @@ def summarize(df, correct):
         b = best(df, family)
         if b is not None:
             out["best"][family] = {"name": b["name"], "overrides": b["overrides"], **_numbers(b),
-                                   "seeds": seeds(df, b["name"])}
+                                   "seeds": seeds(df, b["name"]),
+                                   # against the untrained head, on the same images
+                                   "vs_zero_shot": {s: paired(correct, b["name"], "zero-shot", s)
+                                                    for s in ("test", "val")}}
     bf, bl = out["best"].get("full"), out["best"].get("lora")
     out["lora_vs_full"] = paired(correct, bl["name"], bf["name"]) if bf and bl else None
     out["lora_saturation_rank"] = saturation_rank(df, correct)
