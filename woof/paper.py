@@ -617,12 +617,20 @@ def cost_results(ctx):
     blocks = [Heading("Cost", 2)]
     if cost:
         names = {"full": "full fine-tuning", "lora": "LoRA", "linear_probe": "linear probe", "frozen": "frozen-k"}
+
+        def measured(k):  # what the pipeline's own trainings took, for the two methods it trains
+            row = r.get(k)
+            return ["-"] * 3 if row is None else [f"{row['train_minutes']:.1f}", f"{row['train_images_per_s']:.1f}",
+                                                  f"{row['checkpoint_mb']:.2f}"]
         rows = [[names.get(k, k), count(v["trainable_params"]), f"{v['train_flops'] / 1e9:.1f}",
-                 f"{v['weights_mb']:.1f}", f"{v['grads_mb']:.1f}", f"{v['optimizer_mb']:.1f}", f"{v['activations_mb']:.1f}"]
+                 f"{v['weights_mb']:.1f}", f"{v['grads_mb']:.1f}", f"{v['optimizer_mb']:.1f}", f"{v['activations_mb']:.1f}",
+                 *measured(k)]
                 for k, v in cost.items() if isinstance(v, dict) and "train_flops" in v]
-        blocks.append(Table(["method", "trainable", "train GFLOPs/step", "weights MB", "grads MB", "AdamW MB", "activations MB"],
-                            rows, "FLOPs per training step and the memory split, counted by the cost stage "
-                                  "(`metrics/cost.json`, batch of the cost stage)."))
+        blocks.append(Table(["method", "trainable", "train GFLOPs/step", "weights MB", "grads MB", "AdamW MB",
+                             "activations MB", "train min", "img/s", "checkpoint MB"],
+                            rows, "Cost per method: FLOPs per training step and the memory split, counted by the cost "
+                                  "stage (`metrics/cost.json`); minutes, training images/s and the saved checkpoint "
+                                  "(LoRA: its adapter) measured in the pipeline's runs."))
     lenet = cost.get("lenet5")
     if lenet:
         names = {"full": "full fine-tuning", "lora": "LoRA r=2 on fc1-fc3", "linear_probe": "probe (fc3 only)"}
