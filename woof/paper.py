@@ -394,9 +394,10 @@ def abstract(ctx):
             f"and compare models with paired tests. For {which}, LoRA reaches "
             f"{pct_ci(lora['test_top1'], lora['test_top1_lo'], lora['test_top1_hi'])} clean-test top-1 against "
             f"{pct_ci(full['test_top1'], full['test_top1_lo'], full['test_top1_hi'])} for full fine-tuning, and "
-            f"{_verdict(t)}. {zero_shot_sentence(ctx)} LoRA trains {pct(r['lora']['trainable_pct'] / 100)} of the "
-            f"parameters and stores a {r['lora']['checkpoint_mb']:.2f} MB adapter instead of a "
-            f"{r['full']['checkpoint_mb']:.1f} MB model.")
+            f"{_verdict(t)}. {zero_shot_sentence(ctx)} That LoRA trains {count(lora['trainable_params'])} parameters, "
+            f"{pct(lora['trainable_params'] / r['full']['total_params'])} of the model's "
+            f"{count(r['full']['total_params'])}; the pipeline's rank-{ctx['params'].get('lora', {}).get('rank', '?')} "
+            f"adapter file is {r['lora']['checkpoint_mb']:.2f} MB against {r['full']['checkpoint_mb']:.1f} MB for a full model.")
 
 
 def zero_shot_sentence(ctx):
