@@ -143,9 +143,12 @@ def select(record, blocks):
     or None while any run of those blocks is still missing."""
     names = {r.name for r in programme() if r.block in blocks}
     d = record[record.name.isin(names)]
-    if len(d) < len(names):
-        return None
-    d = d[d.status == "ok"]
+    return val_best(d) if len(d) == len(names) else None
+
+
+def val_best(rows):
+    """The successful row with the best val top-1 (ties: fewer trainable parameters), or None."""
+    d = rows[rows.status == "ok"]
     if not len(d):
         return None
     return d.sort_values(["val_top1", "trainable_params"], ascending=[False, True]).iloc[0].to_dict()

@@ -40,10 +40,8 @@ def load(record_path, details_dir):
 
 def best(df, family):
     """The val-best successful run of a family (ties: fewer trainable parameters)."""
-    d = df[df.block.isin(FAMILIES[family]) & (df.status == "ok")]
-    if not len(d):
-        return None
-    return d.sort_values(["val_top1", "trainable_params"], ascending=[False, True]).iloc[0].to_dict()
+    from woof.programme import val_best
+    return val_best(df[df.block.isin(FAMILIES[family])])
 
 
 def paired(correct, a, b, split="test"):
