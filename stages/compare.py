@@ -2,6 +2,7 @@
 figures from the metrics and plots of the earlier stages (logic in woof/report.py). The paper stage
 writes report.md and report.pdf from them."""
 from woof import report
+from woof.errors import run_stage
 
 
 def main():
@@ -13,4 +14,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

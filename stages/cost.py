@@ -2,30 +2,29 @@
 
 Counting needs only the architecture, so the model is built with random weights (no download,
 no data): full fine-tuning, linear probing, LoRA at the configured rank and targets, and frozen-k
-(cost.freeze_blocks, else half the blocks, at most all of them). Logic and definitions in woof/analysis.py.
+(cost.freeze_blocks, else half the blocks, at most all of them). Counted on the CPU, whatever the
+training device: the numbers are the architecture's. Logic and definitions in woof/analysis.py.
 """
 import sys
 
 import torch
 
-from woof import analysis
-from woof.io import load_params, write_json
+from woof import analysis, config
+from woof.errors import run_stage
+from woof.io import write_json
 from woof.models import create_model, num_blocks
 
 
 def main(params_path="params.yaml", out="metrics/cost.json"):
-    params = load_params(params_path)
-    cost = params.get("cost", {}) or {}
-    name, image_size = params["model"]["name"], params["data"]["image_size"]
+    cfg = config.load(params_path)
+    name, image_size = cfg.model.name, cfg.data.image_size
     torch.manual_seed(0)
 
     def factory():
         return create_model(name, num_classes=10, img_size=image_size, pretrained=False)
 
-    methods = analysis.methods_from_params(params, blocks=num_blocks(factory()))
-    table = analysis.cost_table(factory, methods,
-                                batch_size=cost.get("batch_size", 32), image_size=image_size,
-                                device=cost.get("device", "cpu"))
+    methods = analysis.methods_from_params(cfg, blocks=num_blocks(factory()))
+    table = analysis.cost_table(factory, methods, batch_size=cfg.cost.batch_size, image_size=image_size)
     # The worked example: LeNet-5 on one 28x28 grey image, small enough to check by hand.
     table["lenet5"] = analysis.cost_table(analysis.LeNet5, analysis.LENET_METHODS, batch_size=1, image_size=28,
                                           in_chans=1)
@@ -35,4 +34,4 @@ def main(params_path="params.yaml", out="metrics/cost.json"):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    run_stage(main, *sys.argv[1:])

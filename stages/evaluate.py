@@ -2,27 +2,27 @@
 (val, and test under data.split=clean_test), with confidence intervals and per-image predictions,
 and how far fine-tuning moved the weights from the pretrained ones (metrics/drift.json)."""
 
-from woof import drift
+from woof import config, drift
 from woof.data import load_classes, load_eval_splits
+from woof.errors import run_stage
 from woof.evaluate import evaluate_models
-from woof.io import atomic_path, load_params, write_csv, write_json
+from woof.io import atomic_path, write_csv, write_json
 from woof.models import create_model, load_model, pretrained_weights
 
 PREDICTIONS = "plots/predictions"  # {split}_{model}.csv: file, actual, predicted (confusion, paired tests)
 
-if __name__ == "__main__":
-    params = load_params()
+def main():
+    cfg = config.load()
     classes = load_classes("data/prepared/classes.json")
     splits = load_eval_splits("data/prepared")
     # The untrained model whose 10-class head is the ImageNet head restricted to our breeds.
-    models = {"zero_shot": create_model(params["model"]["name"], num_classes=len(classes),
-                                        img_size=params["data"]["image_size"],
-                                        weights=pretrained_weights(params["model"]),
+    models = {"zero_shot": create_model(cfg.model.name, num_classes=len(classes), img_size=cfg.data.image_size,
+                                        weights=pretrained_weights(cfg.model),
                                         class_indices=[c["imagenet_index"] for c in classes])}
     models.update({m: load_model(f"models/{m}")[0] for m in ("full", "lora")})
     metrics, per_class, predictions = evaluate_models(
-        models, splits, [c["name"] for c in classes], params["data"]["image_size"],
-        params["evaluate"]["batch_size"], params["train"]["precision"])
+        models, splits, [c["name"] for c in classes], cfg.data.image_size, cfg.evaluate.batch_size,
+        cfg.train.precision)
     with atomic_path(PREDICTIONS, is_dir=True) as tmp:
         for split, by_model in predictions.items():
             for method, rows in by_model.items():
@@ -38,3 +38,7 @@ if __name__ == "__main__":
             lo, hi = m["top1_ci"]
             print(f"{method:>9} {split:>4}: top-1 {m['top1']:.4f} [{lo:.4f}, {hi:.4f}]  "
                   f"top-5 {m['top5']:.4f}  loss {m['loss']:.4f}  n {m['n']}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,7 +1,13 @@
 """Stage fetch: the ImageWoof archive -> data/raw/{train,val}/<wnid>/*.JPEG"""
+from woof import config
 from woof.data import archive_location, fetch
-from woof.io import load_params
+from woof.errors import run_stage
+
+
+def main():
+    cfg = config.load().fetch
+    fetch(archive_location(cfg), "data/raw", sha256=cfg.sha256)
+
 
 if __name__ == "__main__":
-    p = load_params()["fetch"]
-    fetch(archive_location(p), "data/raw", sha256=p.get("sha256"))
+    run_stage(main)

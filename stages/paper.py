@@ -2,6 +2,7 @@
 from metrics/ and plots/ (logic in woof/paper.py)."""
 from woof import paper
 from woof.io import load_params
+from woof.errors import run_stage
 
 
 def main():
@@ -12,4 +13,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

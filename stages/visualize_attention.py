@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-from woof import attention
+from woof import attention, config
 from woof.data import load_classes, load_split, normalize
+from woof.errors import run_stage
 from woof.evaluate import predict
-from woof.io import load_params, write_json
+from woof.io import write_json
 from woof.models import create_model, data_config, load_model, pretrained_weights
 
 CLASSES = "data/prepared/classes.json"
@@ -29,14 +30,14 @@ def skip(reason):
 
 
 def main():
-    params = load_params()
-    p_att, p_model, size = params.get("attention", {}), params["model"], params["data"]["image_size"]
-    num_images, seed = p_att.get("num_images", 8), p_att.get("seed", 0)
+    cfg = config.load()
+    p_model, size = cfg.model, cfg.data.image_size
+    num_images, seed = cfg.attention.num_images, cfg.attention.seed
 
     # The architecture alone (random weights, no download) says whether there is anything to draw.
-    reason = attention.unsupported(create_model(p_model["name"], img_size=size, pretrained=False))
+    reason = attention.unsupported(create_model(p_model.name, img_size=size, pretrained=False))
     if reason:
-        return skip(f"{p_model['name']} {reason}")
+        return skip(f"{p_model.name} {reason}")
 
     # Images the backbone never saw when there are such (the clean test split), else val.
     split = "test" if Path("data/prepared/test.safetensors").exists() else "val"
@@ -47,12 +48,12 @@ def main():
     images, labels = images[idx], labels[idx]  # (B, 3, S, S), (B,)
 
     # The pretrained model with its ImageNet head restricted to our 10 classes = zero-shot baseline.
-    models = {"pretrained": create_model(p_model["name"], num_classes=len(classes), img_size=size,
+    models = {"pretrained": create_model(p_model.name, num_classes=len(classes), img_size=size,
                                          weights=pretrained_weights(p_model),
                                          class_indices=[c["imagenet_index"] for c in classes]).eval()}
     for method in ("full", "lora"):
-        model, config = load_model(f"models/{method}")
-        if config.get("classes") and config["classes"] != [c["wnid"] for c in classes]:
+        model, saved = load_model(f"models/{method}")
+        if saved.get("classes") and saved["classes"] != [c["wnid"] for c in classes]:
             raise ValueError(f"models/{method} was trained on classes in another order than {CLASSES}")
         models[method] = model
 
@@ -82,4 +83,4 @@ def main():
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    main()
+    run_stage(main)

@@ -10,8 +10,8 @@ import yaml
 from torch import nn
 
 from conftest import ROOT, LeNet5
-from woof import analysis
-from woof.lora import count_parameters
+from woof import analysis, config
+from woof.models import count_parameters
 from woof.models import create_model, num_blocks
 
 FULL, PROBE, LORA = (analysis.LENET_METHODS[k] for k in ("full", "linear_probe", "lora"))
@@ -86,10 +86,11 @@ def test_freeze_blocks_on_tiny_vit():
 def test_cost_stage_on_resnet18(tmp_path):
     """cost.freeze_blocks is set for ViT-Tiny's 12 blocks; a ResNet has 4 stages: clamp, not crash.
     LoRA goes on the ResNet's 3x3 convolutions."""
-    params = {"model": {"name": "resnet18"}, "data": {"image_size": 32},
-              "lora": {"targets": r"layer\d\.\d\.conv[12]", "rank": 2, "alpha": 4},
-              "cost": {"batch_size": 2, "freeze_blocks": 6}}
-    assert analysis.methods_from_params(params, blocks=4)["frozen"] == {"freeze_blocks": 4}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"]["name"], params["data"]["image_size"] = "resnet18", 32
+    params["lora"].update(targets=r"layer\d\.\d\.conv[12]", rank=2, alpha=4, trainable=["head"])
+    params["cost"].update(batch_size=2, freeze_blocks=6)
+    assert analysis.methods_from_params(config.parse(params), blocks=4)["frozen"] == {"freeze_blocks": 4}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "cost.json"
     # runpy: the stage script as dvc runs it, without needing the repository root on sys.path
@@ -109,10 +110,13 @@ def test_cost_stage_on_resnet18(tmp_path):
 
 
 def test_methods_without_numbered_blocks_have_no_frozen_row():
-    params = {"lora": {"targets": "fc1", "rank": 2, "alpha": 2}, "cost": {"freeze_blocks": 6}}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["lora"].update(targets="fc1", rank=2, alpha=2)
+    params["cost"]["freeze_blocks"] = 6
     assert num_blocks(LeNet5()) == 0
-    assert set(analysis.methods_from_params(params, blocks=0)) == {"full", "linear_probe", "lora"}
-    assert analysis.methods_from_params({**params, "cost": {}}, blocks=12)["frozen"] == {"freeze_blocks": 6}
+    assert set(analysis.methods_from_params(config.parse(params), blocks=0)) == {"full", "linear_probe", "lora"}
+    params["cost"]["freeze_blocks"] = None  # null: half the blocks
+    assert analysis.methods_from_params(config.parse(params), blocks=12)["frozen"] == {"freeze_blocks": 6}
 
 
 # ---- woof.models: the model factory the cost stage uses

@@ -148,9 +148,10 @@ def test_unsupported():
 
 def test_stage_skips_a_cnn_backbone(tmp_path, monkeypatch):
     """model.name=resnet18 (the backbone comparison): no maps, but every declared output and exit 0."""
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"model": {"name": "resnet18", "weights": None}, "data": {"image_size": 32},
-         "attention": {"num_images": 2, "seed": 0}}))
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["model"].update(name="resnet18", weights=None)
+    params["data"]["image_size"], params["attention"]["num_images"] = 32, 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)  # no data or models: the stage must not need them to skip
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "stages" / "visualize_attention.py"),
                    run_name="__main__")

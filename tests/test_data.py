@@ -11,6 +11,7 @@ import numpy as np
 from conftest import WNIDS, add_bytes, jpeg_bytes, make_archive
 from woof.data import (center_crop, fetch, load_classes, load_eval_splits, load_split, pil_transform, preprocess,
                        random_resized_crop_flip, sha256_file, stratified_subset)
+from woof.errors import UserError
 from woof.models import create_model, data_config
 
 
@@ -28,7 +29,7 @@ def test_fetch_local_path_and_file_url(archive, tmp_path):
 
 
 def test_fetch_checksum_mismatch_leaves_nothing(archive, tmp_path):
-    with pytest.raises(ValueError, match="checksum mismatch"):
+    with pytest.raises(UserError, match="checksum mismatch"):
         fetch(archive, tmp_path / "raw", sha256="0" * 64)
     assert list(tmp_path.iterdir()) == []
 
@@ -42,7 +43,7 @@ def test_fetch_missing_file(tmp_path):
 def test_fetch_refuses_path_escape(tmp_path, name):
     bad = make_archive(tmp_path / "bad.tgz", per_class=(1, 1), extra={name: b"owned"})
     out = tmp_path / "work" / "raw"
-    with pytest.raises(ValueError, match="escapes the output folder"):
+    with pytest.raises(UserError, match="escapes the output folder"):
         fetch(bad, out)
     assert not out.exists() and not (tmp_path / "work" / "evil.txt").exists()
     assert list((tmp_path / "work").iterdir()) == []
@@ -54,7 +55,7 @@ def test_fetch_refuses_symlink(tmp_path):
         info = tarfile.TarInfo("root/train/link")
         info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(info)
-    with pytest.raises(ValueError, match="links and devices are refused"):
+    with pytest.raises(UserError, match="links and devices are refused"):
         fetch(bad, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
@@ -62,7 +63,7 @@ def test_fetch_refuses_symlink(tmp_path):
 def test_fetch_truncated_archive_leaves_nothing(archive, tmp_path):
     cut = tmp_path / "cut.tgz"
     cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    with pytest.raises(RuntimeError, match="truncated or corrupt"):
+    with pytest.raises(UserError, match="truncated or corrupt"):
         fetch(cut, tmp_path / "out" / "raw")
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -71,7 +72,7 @@ def test_fetch_wrong_layout(tmp_path):
     bad = tmp_path / "flat.tgz"
     with tarfile.open(bad, "w:gz") as tar:
         add_bytes(tar, "images/a.JPEG", b"x")
-    with pytest.raises(ValueError, match="train/ and val/"):
+    with pytest.raises(UserError, match="train/ and val/"):
         fetch(bad, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from conftest import LeNet5
 from woof.lora import (LoRAConv2d, LoRALinear, _MergedLoRAConv2d, _MergedLoRALinear, apply_lora,
-                       count_parameters, is_lora_name, load_lora, load_lora_state_dict, lora_modules,
+                       is_lora_name, load_lora, load_lora_state_dict, lora_modules,
                        lora_state_dict, merge_lora, save_lora, set_lora_enabled)
-from woof.models import only_classifier_trains, set_trainable
+from woof.models import count_parameters, only_classifier_trains, set_trainable
 
 VIT_TARGETS = r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 QKV = r"blocks\.\d+\.attn\.qkv"

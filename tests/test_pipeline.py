@@ -85,7 +85,12 @@ def test_dvc_repro_end_to_end(archive, random_weights, tmp_path):
     assert (repo / "report.pdf").read_bytes()[:4] == b"%PDF"
     adapter, model = (repo / "models/lora/adapter.safetensors"), (repo / "models/lora/model.safetensors")
     assert adapter.stat().st_size < model.stat().st_size / 10
-    assert not (repo / "checkpoints/full").exists()  # removed once the run completed
+    assert not (repo / "checkpoints").exists()  # removed once both runs completed, the empty folder too
+    # dvclive logged every epoch of both trainings, as declared in dvc.yaml (`dvc exp show` reads it).
+    for method in ("full", "lora"):
+        live = json.loads((repo / f"dvclive/train_{method}/metrics.json").read_text())
+        epochs = len((repo / f"plots/train_{method}.csv").read_text().splitlines()) - 1
+        assert live["step"] == epochs - 1 and 0 <= live["val_acc"] <= 1
     models = woof.load_models(repo / "models")
     for model in models.values():
         assert not model.training and model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

@@ -18,7 +18,7 @@ RUNS = [programme.Run("zero-shot", "baseline", "zero_shot"),
         programme.Run("lora-r8", "lora-rank", "lora", {"lora.rank": 8, "lora.alpha": 16, "lora.lr": 3e-4}),
         programme.Run("lora-r2", "lora-rank", "lora", {"lora.rank": 2, "lora.alpha": 4, "lora.lr": 3e-4}),
         programme.Run("fraction0.5-full", "fraction", "full", {"data.train_fraction": 0.5}),
-        programme.Run("broken", "freeze", "full", {"full.lr": -1.0})]
+        programme.Run("broken", "freeze", "full", {"full.freeze_blocks": 13})]  # valid params, fails in its run
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_programme_records_every_run_once_then_summarizes(project, capsys):
     assert lora["lora-r2"] < lora["lora-r8"]
     # A failed run stays recorded, with the one line that says why.
     broken = record.set_index("name").loc["broken"]
-    assert broken.status == "failed" and "lr must be >= 0" in broken.error
+    assert broken.status == "failed" and "full.freeze_blocks=13 but the model has 12 blocks" in broken.error
     details = json.loads((project / "metrics/experiments/full-lr0.001.json").read_text())
     assert len(details["correct"]["test"]) == 30 and len(details["history"]) == 1
     assert not list((project / "metrics/experiments").glob(".*"))  # no temporary result left
@@ -84,7 +84,7 @@ def test_programme_records_every_run_once_then_summarizes(project, capsys):
         assert (project / "plots/programme" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert not (project / "plots/programme/freeze.png").exists()
     table = (project / "metrics/programme.md").read_text()
-    assert f"**{full['name']}** (best full fine-tuning)" in table and "failed: ValueError" in table
+    assert f"**{full['name']}** (best full fine-tuning)" in table and "failed: ParamError" in table
     assert "mean ± std over seeds" in table
     assert json.loads((project / "metrics/programme.json").read_text())["runs"] == {"ok": 10, "failed": 1, "missing": 0}
 
@@ -156,6 +156,13 @@ def test_adopt_records_the_pipeline_runs(project):
 def _mkdir(path):
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_a_bad_param_in_any_run_stops_before_the_first(project, monkeypatch):
+    monkeypatch.setattr(programme, "programme", lambda: RUNS[:2] + [programme.Run("bad", "freeze", "full", {"full.lr": -1.0})])
+    with pytest.raises(SystemExit, match="error: params.yaml: full.lr must be > 0, got -1.0"):
+        programme.run_programme(threads=1)
+    assert not (project / "metrics" / "experiments.csv").exists()
 
 
 def test_missing_data_stops_before_any_run(tmp_path, monkeypatch):

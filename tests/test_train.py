@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 
@@ -6,7 +7,10 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
+from dataclasses import replace
+
 from conftest import ROOT
+from woof import config, train
 from woof.models import create_model, data_config, set_trainable
 from woof.train import build_model, fit
 
@@ -37,13 +41,14 @@ def data():
 
 
 def run(params, data, method="full", **kw):
-    model = build_model(method, params, CLASSES)
-    history = fit(model, *data, params[method], data_config(model, 32), **kw)
+    cfg = config.parse(params)
+    model = build_model(method, cfg, CLASSES)
+    history = fit(model, *data, cfg.method(method), data_config(model, 32), **kw)
     return model, history
 
 
 def metrics_only(history):
-    return [{k: v for k, v in h.items() if k not in ("epoch_seconds", "images_per_s")} for h in history]
+    return [{k: v for k, v in h.items() if k not in ("epoch_seconds", "images_per_s", "elapsed_s")} for h in history]
 
 
 def test_same_params_same_metrics(data):
@@ -55,17 +60,30 @@ def test_same_params_same_metrics(data):
     assert metrics_only(h3) != metrics_only(h1)
 
 
-def test_resume_after_interruption_gives_identical_metrics(data, tmp_path):
+def test_resume_after_interruption_gives_identical_metrics(data, tmp_path, monkeypatch):
     _, uninterrupted = run(tiny_params(), data)
+    save = train.save_checkpoint
 
-    def crash(epoch):
+    def save_then_crash(path, epoch, *args):
+        save(path, epoch, *args)
         if epoch == 1:
             raise KeyboardInterrupt("killed after epoch 1")
+    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    live = tmp_path / "live"
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_params(), data, ckpt_dir=tmp_path, fingerprint="abc", on_epoch_end=crash)
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
-    resumed_model, resumed = run(tiny_params(), data, ckpt_dir=tmp_path, fingerprint="abc")
+        run(tiny_params(), data, ckpt_dir=tmp_path, fingerprint="abc", live_dir=live)
+    monkeypatch.undo()
+    first = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert first["epoch"] == 1
+    resumed_model, resumed = run(tiny_params(), data, ckpt_dir=tmp_path, fingerprint="abc", live_dir=live)
     assert metrics_only(resumed) == metrics_only(uninterrupted)
+    # The interrupted process's time is carried: the run's minutes count every epoch.
+    first_elapsed = json.loads(first["history"])[0]["elapsed_s"]
+    assert resumed[0]["elapsed_s"] == first_elapsed and resumed[-1]["elapsed_s"] > first_elapsed
+    # dvclive's curves hold all three epochs once, not only the resumed process's two.
+    curve = (live / "plots" / "metrics" / "val_acc.tsv").read_text().splitlines()
+    assert [float(line.split("\t")[1]) for line in curve[1:]] == [h["val_acc"] for h in uninterrupted]
+    assert json.loads((live / "metrics.json").read_text())["step"] == 2
     # A checkpoint written for other params is not resumed from.
     _, other = run(tiny_params(lr=5e-4), data, ckpt_dir=tmp_path, fingerprint="other")
     assert len(other) == 3 and metrics_only(other) != metrics_only(uninterrupted)
@@ -97,7 +115,8 @@ def test_unknown_model_name():
 def test_freeze_blocks_stops_backprop_below_block_k():
     model = set_trainable(create_model("vit_tiny_patch16_224", img_size=32, pretrained=False), freeze_blocks=3)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert "pos_embed" in frozen and "patch_embed.proj.weight" in frozen
+    assert {"cls_token", "pos_embed", "patch_embed.proj.weight"} <= set(frozen)  # timm's stem group
+    assert model.norm.weight.requires_grad and model.head.weight.requires_grad
     assert all(not p.requires_grad for p in model.blocks[2].parameters())
     assert all(p.requires_grad for p in model.blocks[3].parameters())
     seen = {}
@@ -116,12 +135,12 @@ def test_freeze_blocks_resnet_stages():
 
 
 def test_linear_probe_runs_backbone_once(data):
-    model = build_model("full", tiny_params(trainable=["head"]), CLASSES)
+    model = build_model("full", config.parse(tiny_params(trainable=["head"])), CLASSES)
     calls = []
     model.patch_embed.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     head_before = model.head.weight.clone()
     blocks_before = model.blocks[0].mlp.fc1.weight.clone()
-    history = fit(model, *data, tiny_params()["full"] | {"epochs": 5}, data_config(model, 32))
+    history = fit(model, *data, replace(config.parse(tiny_params()).full, epochs=5), data_config(model, 32))
     assert sum(calls) == 32 + 16  # one pass over train and val, whatever the number of epochs
     assert len(history) == 5 and not torch.equal(model.head.weight, head_before)
     assert torch.equal(model.blocks[0].mlp.fc1.weight, blocks_before)

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from woof.lora import apply_lora, count_parameters, lora_modules, merge_lora
-from woof.models import set_trainable
+from woof.lora import apply_lora, lora_modules, merge_lora
+from woof.models import count_parameters, set_trainable
 
 MB = 2 ** 20
 
@@ -237,19 +237,17 @@ def cost_table(model_factory, methods, batch_size, image_size, in_chans=3, devic
     return table
 
 
-def methods_from_params(params, blocks):
-    """The four methods of the report, configured from params.yaml; `blocks`: num_blocks(model).
+def methods_from_params(cfg, blocks):
+    """The four methods of the report, configured from params.yaml (cfg: woof.config.Config);
+    `blocks`: num_blocks(model).
 
-    frozen-k freezes cost.freeze_blocks blocks (default: half), at most all of them, so one
+    frozen-k freezes cost.freeze_blocks blocks (null: half), at most all of them, so one
     setting works for every model (ViT-Tiny has 12 blocks, a ResNet 4 stages). A model without
     numbered blocks has no frozen-k row."""
-    lora = params.get("lora", {})
-    cost = params.get("cost", {}) or {}
-    freeze = min(cost.get("freeze_blocks") or max(1, blocks // 2), blocks)
-    lora_cfg = {"targets": lora["targets"], "rank": lora["rank"], "alpha": lora["alpha"]}
-    for key in ("dropout", "rslora", "trainable"):
-        if key in lora:
-            lora_cfg[key] = lora[key]
+    freeze = min(cfg.cost.freeze_blocks or max(1, blocks // 2), blocks)
+    lora = cfg.lora
+    lora_cfg = {"targets": lora.targets, "rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
+                "rslora": lora.rslora, "trainable": lora.trainable}
     methods = {"full": {}, "linear_probe": {"trainable": ["head"]}, "lora": {"lora": lora_cfg}}
     if freeze:
         methods["frozen"] = {"freeze_blocks": freeze}

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from woof.analysis import count_flops
 from woof.data import normalize, random_resized_crop_flip
-from woof.lora import apply_lora, count_parameters, lora_modules
+from woof.lora import apply_lora, lora_modules
+from woof.models import count_parameters
 from woof.models import create_model, set_trainable
 from woof.train import machine
 

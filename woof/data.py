@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from timm.data import ImageNetInfo, create_transform
 from tqdm import tqdm
 
+from woof.errors import InputError, ParamError
 from woof.io import atomic_path, read_json, write_json
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
@@ -44,7 +45,7 @@ def archive_location(fetch_cfg):
     """Where the archive is read from: $WOOF_FETCH_URL (a local mirror: a location, not a param,
     so pointing at a copy of the same bytes changes nothing DVC tracks), else fetch.url.
     The archive's identity is fetch.sha256, checked when set, and recorded in metrics/data.json."""
-    return os.environ.get("WOOF_FETCH_URL") or fetch_cfg["url"]
+    return os.environ.get("WOOF_FETCH_URL") or fetch_cfg.url
 
 
 def fetch(url, out_dir, sha256=None):
@@ -56,9 +57,10 @@ def fetch(url, out_dir, sha256=None):
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch.", dir=out_dir.parent) as tmp:
         archive = _local_archive(url, Path(tmp))
+        check_archive_format(archive, url)
         digest = sha256_file(archive)
         if sha256 and digest != sha256.lower():
-            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest} "
+            raise InputError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest} "
                              "(set fetch.sha256 to the new value to accept this archive)")
         with atomic_path(out_dir, is_dir=True) as staging:
             extracted = Path(tmp) / "extracted"
@@ -75,17 +77,38 @@ def _local_archive(url, tmp):
     parsed = urllib.parse.urlparse(str(url))
     if parsed.scheme in ("http", "https"):
         dest = tmp / Path(parsed.path).name
-        with urllib.request.urlopen(url) as response, open(dest, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+        except OSError as e:  # URLError, HTTPError, timeouts, refused connections
+            reason = getattr(e, "reason", None) or e
+            raise InputError(f"could not download fetch.url {url} ({reason}); without internet, point "
+                             "WOOF_FETCH_URL at a local copy of the archive (`make offline SHARED=...` does)") from e
         return dest
     path = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else url)
     if not path.is_file():
-        raise FileNotFoundError(f"fetch.url {url}: no such file")
+        raise InputError(f"fetch.url {url}: no such file")
     return path
+
+
+# What the first bytes of each archive kind the fetch accepts look like (tarfile reads them all).
+_ARCHIVE_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+
+
+def check_archive_format(path, url):
+    """Refuse at once a file that is no (compressed) tar archive, e.g. an HTML error or login page
+    saved under the archive's name, instead of 'truncated or corrupt' after reading it."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if any(head.startswith(m) for m in _ARCHIVE_MAGIC) or head[257:262] == b"ustar":
+        return
+    looks = "an HTML page" if head.lstrip()[:1] == b"<" else f"bytes {head[:8]!r}"
+    raise InputError(f"{url} is not a gzip, bzip2, xz or tar archive: its first bytes look like {looks} "
+                     "(a login or error page saved instead of the archive?); download it again")
 
 
 def sha256_file(path):
@@ -109,19 +132,19 @@ def safe_extract(archive, dest):
             for member in tar:
                 target = (dest / member.name).resolve()
                 if not target.is_relative_to(dest):
-                    raise ValueError(f"unsafe archive member {member.name!r}: it escapes the output folder")
+                    raise InputError(f"unsafe archive member {member.name!r}: it escapes the output folder")
                 if not (member.isfile() or member.isdir()):
-                    raise ValueError(f"unsafe archive member {member.name!r}: links and devices are refused")
+                    raise InputError(f"unsafe archive member {member.name!r}: links and devices are refused")
                 tar.extract(member, dest, filter="data")
     except (tarfile.ReadError, tarfile.CompressionError, EOFError, OSError, zlib.error) as e:
-        raise RuntimeError(f"archive {archive} is truncated or corrupt: {e}") from e
+        raise InputError(f"archive {archive} is truncated or corrupt ({e}): download it again") from e
 
 
 def _find_split_root(extracted):
     for candidate in [extracted, *sorted(p for p in extracted.rglob("*") if p.is_dir())]:
         if all((candidate / s).is_dir() for s in SPLITS):
             return candidate
-    raise ValueError("archive has no folder with train/ and val/ subfolders (ImageWoof layout)")
+    raise InputError("archive has no folder with train/ and val/ subfolders (ImageWoof layout)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +169,7 @@ def is_imagenet_val(path):
 def split_files(raw_dir, wnids, split="clean_test"):
     """{split: (files, labels)} of the prepared splits: train and val, plus test for clean_test."""
     if split not in DATA_SPLITS:
-        raise ValueError(f"data.split must be one of {', '.join(DATA_SPLITS)}, got {split!r}")
+        raise ParamError(f"data.split must be one of {', '.join(DATA_SPLITS)}, got {split!r}")
     listed = {s: _list_images(Path(raw_dir) / s, wnids) for s in SPLITS}
     if split == "official":
         return listed
@@ -157,7 +180,7 @@ def split_files(raw_dir, wnids, split="clean_test"):
             target[0].append(f)
             target[1].append(y)
     if not out["test"][0]:
-        raise ValueError(f"data.split=clean_test: no {IMAGENET_VAL_PREFIX}* file in {raw_dir}, so there "
+        raise ParamError(f"data.split=clean_test: no {IMAGENET_VAL_PREFIX}* file in {raw_dir}, so there "
                          "is no clean test split; use data.split=official for this dataset")
     return out
 
@@ -172,11 +195,18 @@ def preprocess(raw_dir, out_dir, data_cfg, train_fraction=1.0, seed=0, split="cl
     (relative to raw_dir) in tensor order, so per-image results can be matched across models.
     Returns the stats written to metrics/data.json."""
     if not 0 < train_fraction <= 1:
-        raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
+        raise ParamError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if not (raw_dir / "train").is_dir():
+        raise InputError(f"{raw_dir / 'train'} not found: run the fetch stage first (dvc repro)")
     wnids = sorted(p.name for p in (raw_dir / "train").iterdir() if p.is_dir())
     if not wnids:
-        raise ValueError(f"{raw_dir / 'train'} has no class folders")
+        raise InputError(f"{raw_dir / 'train'} has no class folders")
+    foreign = [r["wnid"] for r in class_table(wnids) if r["imagenet_index"] < 0]
+    if foreign:  # the zero-shot baseline and the head's initialisation are ImageNet's rows of each class
+        raise InputError(f"{raw_dir / 'train'}: the class folders {foreign[:3]}{' ...' if len(foreign) > 3 else ''} "
+                         "are not ImageNet wnids; the pipeline compares against the zero-shot ImageNet head, "
+                         "so it needs ImageNet classes (as ImageWoof's n02086240 ...)")
     splits = split_files(raw_dir, wnids, split)
     size = data_cfg["input_size"][-1]
     train_size = math.floor(size / data_cfg["crop_pct"])  # timm's eval resize size
@@ -227,7 +257,7 @@ def _list_images(split_dir, wnids):
     for label, wnid in enumerate(wnids):
         folder = split_dir / wnid
         if not folder.is_dir():
-            raise ValueError(f"{split_dir} has no folder for class {wnid}")
+            raise InputError(f"{split_dir} has no folder for class {wnid}")
         for p in sorted(folder.iterdir()):
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 files.append(p)
@@ -262,7 +292,7 @@ def decode_images(files, transform, desc="decode", workers=None):
         arrays = list(tqdm(pool.map(load, files), total=len(files), desc=desc, unit="img"))
     ok = [i for i, a in enumerate(arrays) if a is not None]
     if not ok:
-        raise ValueError(f"{desc}: none of the {len(files)} images could be read")
+        raise InputError(f"{desc}: none of the {len(files)} images could be read")
     images = torch.from_numpy(np.stack([arrays[i] for i in ok])).permute(0, 3, 1, 2).contiguous()
     return images, ok
 

@@ -32,23 +32,17 @@ def predict(model, images, data_cfg, batch_size=128, device="cpu", precision="fp
     return torch.cat(logits), len(images) / max(seconds, 1e-9)
 
 
-def classification_metrics(logits, labels):
-    """Top-1, top-5 (fractions) and mean cross-entropy of (N, C) logits against (N,) labels."""
-    k = min(5, logits.shape[1])
-    topk = logits.topk(k, dim=1).indices  # (N, k)
-    hits = topk == labels[:, None]
-    return {"top1": hits[:, 0].float().mean().item(), "top5": hits.any(1).float().mean().item(),
-            "loss": F.cross_entropy(logits, labels).item(), "n": len(labels)}
-
-
-def split_metrics(logits, labels):
-    """classification_metrics plus a 95 % Wilson interval for top-1 and top-5."""
-    from woof.stats import accuracy_ci
+def classification_metrics(logits, labels, ci=False):
+    """Top-1, top-5 (fractions) and mean cross-entropy of (N, C) logits against (N,) labels;
+    ci: add a 95 % Wilson interval for top-1 and top-5 (top1_ci, top5_ci)."""
     k = min(5, logits.shape[1])
     hits = logits.topk(k, dim=1).indices == labels[:, None]  # (N, k)
-    m = classification_metrics(logits, labels)
-    for name, correct in (("top1", hits[:, 0]), ("top5", hits.any(1))):
-        m[f"{name}_ci"] = list(accuracy_ci(correct.numpy())[1:])
+    m = {"top1": hits[:, 0].float().mean().item(), "top5": hits.any(1).float().mean().item(),
+         "loss": F.cross_entropy(logits, labels).item(), "n": len(labels)}
+    if ci:
+        from woof.stats import accuracy_ci
+        for name, correct in (("top1", hits[:, 0]), ("top5", hits.any(1))):
+            m[f"{name}_ci"] = list(accuracy_ci(correct.numpy())[1:])
     return m
 
 
@@ -72,7 +66,7 @@ def evaluate_models(models, splits, class_names, image_size, batch_size=128, pre
         for split, (images, labels, files) in splits.items():
             logits, speed = predict(model, images, data_config(model, image_size), batch_size,
                                     precision=precision, desc=f"evaluate {method} on {split}")
-            metrics[method][split] = {**split_metrics(logits, labels), "images_per_s": speed}
+            metrics[method][split] = {**classification_metrics(logits, labels, ci=True), "images_per_s": speed}
             accs = per_class_accuracy(logits, labels, len(class_names))
             per_class += [{"split": split, "class": n, "method": method, "accuracy": a}
                           for n, a in zip(class_names, accs)]

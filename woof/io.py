@@ -13,6 +13,8 @@ def atomic_path(path, is_dir=False):
     """Yield a temporary sibling of `path`; on success move it onto `path`, on failure delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*"):  # left by a process killed with SIGKILL
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     else:

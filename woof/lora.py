@@ -315,34 +315,14 @@ def load_lora_state_dict(model, state):
     return model
 
 
-def save_lora(model, path, metadata=None):
-    """Write lora_state_dict(model) as safetensors (atomically); metadata: str -> str."""
+def save_lora(model, path):
+    """Write lora_state_dict(model) as safetensors (atomically). The rank is in the tensors'
+    shapes; alpha and the targets are in the run's params (models/lora/config.json)."""
     state = {k: v.cpu().contiguous() for k, v in lora_state_dict(model).items()}
-    meta = {"format": "pt"}
-    modules = lora_modules(model)
-    if modules:
-        meta.update(rank=str(modules[0][1].rank), alpha=str(modules[0][1].alpha), rslora=str(modules[0][1].rslora))
-    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+        save_file(state, str(tmp), metadata={"format": "pt"})
 
 
 def load_lora(model, path):
     return load_lora_state_dict(model, load_file(str(path), device="cpu"))
 
-
-def count_parameters(model):
-    """{"total", "trainable", "lora", "trainable_pct", "per_module": {top-level name: {"total", "trainable"}}}."""
-    total = trainable = lora = 0
-    per_module = {}
-    for name, p in model.named_parameters():  # shared (tied) parameters count once
-        n = p.numel()
-        part = per_module.setdefault(name.split(".")[0], {"total": 0, "trainable": 0})
-        total += n
-        part["total"] += n
-        lora += n if is_lora_name(name) else 0
-        if p.requires_grad:
-            trainable += n
-            part["trainable"] += n
-    return {"total": total, "trainable": trainable, "lora": lora,
-            "trainable_pct": 100.0 * trainable / max(total, 1), "per_module": per_module}

@@ -1,23 +1,64 @@
 """Creating timm models, choosing what trains for each fine-tuning method, saving and loading."""
 import json
 import os
-import re
 from pathlib import Path
 
 import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from woof.errors import InputError, ParamError
 from woof.io import atomic_path
-
-# Where each timm family keeps its numbered blocks, for `freeze_blocks`.
-_BLOCK_PATTERNS = (r"blocks\.(\d+)\.", r"stages\.(\d+)\.", r"layers\.(\d+)\.", r"layer(\d+)\.")
 
 
 def pretrained_weights(model_cfg):
     """The local pretrained-weights file to load: $WOOF_WEIGHTS (a mirror's location, not a param),
-    else model.weights; None downloads timm's weights from the hub."""
-    return os.environ.get("WOOF_WEIGHTS") or model_cfg.get("weights")
+    else model.weights (model_cfg: woof.config.Model); None downloads timm's weights from the hub."""
+    return os.environ.get("WOOF_WEIGHTS") or model_cfg.weights
+
+
+def check_weights_file(path, name):
+    """A local weights file must be readable and hold `name`'s parameters: one clear error for a
+    missing, truncated or foreign file, instead of a SafetensorError or a list of 150 key names."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model.weights {path} does not exist (set model.weights or $WOOF_WEIGHTS "
+                         "to a local file of pretrained weights)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(path), "pt") as f:  # checks that the header covers the whole file
+                keys = set(f.keys())
+        else:
+            keys = set(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except Exception as e:  # safetensors and torch raise several types for a damaged file
+        raise InputError(f"model.weights {path} cannot be read: the file is truncated or not a "
+                         f"{'safetensors' if path.suffix == '.safetensors' else 'PyTorch'} file "
+                         f"({type(e).__name__}); download it again") from e
+    expected = set(_architecture(name).state_dict())
+    matching = len(keys & expected)
+    if matching < 0.9 * len(expected):
+        raise InputError(f"model.weights {path} holds another architecture than model.name={name}: "
+                         f"{matching} of its {len(keys)} tensors match the model's {len(expected)}")
+
+
+def _architecture(name):
+    """`name`'s modules and parameter names, built on the meta device: no memory, no time, and no
+    draw from the global RNG, so what a check builds never changes a run's random initialisation
+    (LoRA's A matrices would otherwise depend on whether a weights file was checked)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return timm.create_model(name, pretrained=False)
+
+
+def check_image_size(name, image_size):
+    """data.image_size against the model: a ViT needs a whole number of patches, at least 2 a side
+    (17 px at patch 16 would silently give a 1x1 grid)."""
+    model = _architecture(name)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if patch and (image_size % patch or image_size < 2 * patch):
+        raise ParamError(f"data.image_size={image_size} does not fit {name}: use a multiple of its "
+                         f"patch size {patch}, at least {2 * patch} (e.g. {max(2, round(image_size / patch)) * patch})")
 
 
 def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=True,
@@ -31,11 +72,10 @@ def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=T
     baseline and fine-tuning starts from it instead of from a random head.
     """
     if not timm.is_model(name):
-        raise ValueError(f"unknown model.name {name!r}: not a timm model (see timm.list_models())")
+        raise ParamError(f"unknown model.name {name!r}: not a timm model (see timm.list_models())")
     kwargs = {}
     if pretrained and weights:
-        if not Path(weights).exists():
-            raise FileNotFoundError(f"model.weights {weights} does not exist")
+        check_weights_file(weights, name)
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights), custom_load=False)
     from_imagenet_head = pretrained and class_indices is not None
     if from_imagenet_head:
@@ -46,13 +86,17 @@ def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=T
                              f"ImageNet row (0..999); use class_indices=None for a random head")
     kwargs["num_classes"] = 1000 if from_imagenet_head else num_classes
     size = {"img_size": img_size} if img_size else {}
+    offline = (f"without internet, set model.weights or $WOOF_WEIGHTS to a local file of {name}'s "
+               "weights (`make offline SHARED=...` does)")
+    if pretrained and not weights and not _hub_weights_available(name):  # instead of minutes of retries
+        raise InputError(f"the Hugging Face hub is unreachable and {name}'s weights are not in its local cache: {offline}")
     try:
-        # ViT-style models take img_size (and resample their position embeddings); CNNs do not.
-        model = timm.create_model(name, pretrained=pretrained, **size, **kwargs)
-    except TypeError as e:
-        if not size or "img_size" not in str(e):  # any other TypeError is a real error
+        model = _timm_model(name, pretrained, size, kwargs)
+    except (OSError, ConnectionError, TimeoutError) as e:  # huggingface_hub's errors are OSErrors
+        if weights or not pretrained:
             raise
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        raise InputError(f"could not download {name}'s pretrained weights from the Hugging Face hub "
+                         f"({type(e).__name__}): {offline}") from e
     if from_imagenet_head:
         old = model.get_classifier()
         idx = torch.as_tensor(class_indices)
@@ -62,6 +106,36 @@ def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=T
             new.weight.copy_(old.weight[idx])
             new.bias.copy_(old.bias[idx])
     return model
+
+
+def _hub_weights_available(name, timeout=5):
+    """False when timm would have to download `name`'s weights and the hub cannot be reached (a
+    5 s connection test; behind a proxy, or with HF_HUB_OFFLINE, the hub library decides)."""
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    import socket
+    import urllib.parse
+    from huggingface_hub import try_to_load_from_cache
+    hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    if not hub_id or any(isinstance(try_to_load_from_cache(hub_id, f), str)
+                         for f in ("model.safetensors", "pytorch_model.bin")):
+        return True  # not a hub model, or already downloaded
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _timm_model(name, pretrained, size, kwargs):
+    try:
+        # ViT-style models take img_size (and resample their position embeddings); CNNs do not.
+        return timm.create_model(name, pretrained=pretrained, **size, **kwargs)
+    except TypeError as e:
+        if not size or "img_size" not in str(e):  # any other TypeError is a real error
+            raise
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
 def classifier_name(model):
@@ -89,7 +163,7 @@ def trainable_prefixes(model, names):
         prefixes += found
         unmatched += [] if found else [name]
     if unmatched:
-        raise ValueError(f"trainable={list(names)}: {unmatched} match no parameter of {type(model).__name__}")
+        raise ParamError(f"trainable={list(names)}: {unmatched} match no parameter of {type(model).__name__}")
     return tuple(prefixes)
 
 
@@ -109,39 +183,38 @@ def set_trainable(model, trainable=("all",), freeze_blocks=0):
     """
     trainable = list(trainable or ["all"])
     if freeze_blocks < 0:
-        raise ValueError(f"full.freeze_blocks must be >= 0, got {freeze_blocks}")
+        raise ParamError(f"full.freeze_blocks must be >= 0, got {freeze_blocks}")
     if freeze_blocks:
         blocks = num_blocks(model)
         if not blocks:
-            raise ValueError(f"full.freeze_blocks={freeze_blocks}: the model has no numbered blocks")
+            raise ParamError(f"full.freeze_blocks={freeze_blocks}: the model has no numbered blocks")
         if freeze_blocks > blocks:
-            raise ValueError(f"full.freeze_blocks={freeze_blocks} but the model has {blocks} blocks")
+            raise ParamError(f"full.freeze_blocks={freeze_blocks} but the model has {blocks} blocks")
     if trainable != ["all"]:
         prefixes = trainable_prefixes(model, trainable)
         for n, p in model.named_parameters():
             p.requires_grad_(has_prefix(n, prefixes))
-    if freeze_blocks:
-        # Parameters come in forward order, so everything up to block k-1's last one is the
-        # input side of the network: embeddings, stem, the first k blocks.
-        block_of = [_block_index(n) for n, _ in model.named_parameters()]
-        last = max(i for i, b in enumerate(block_of) if b is not None and b < freeze_blocks)
-        for i, p in enumerate(model.parameters()):
-            if i <= last:
+    if freeze_blocks:  # the stem (embeddings) and the first k blocks: the input side of the network
+        frozen = {n for group in block_groups(model)[:freeze_blocks + 1] for n in group}
+        for n, p in model.named_parameters():
+            if n in frozen:
                 p.requires_grad_(False)
     return model
 
 
-def _block_index(param_name):
-    for pattern in _BLOCK_PATTERNS:
-        m = re.match(pattern, param_name)
-        if m:
-            return int(m.group(1)) - (1 if pattern.startswith("layer(") else 0)
-    return None
+def block_groups(model):
+    """timm's own grouping of a model's parameter names (`group_matcher(coarse=True)`), in forward
+    order: [stem, block 0, ..., block B-1, head side]; [] for a model timm does not group."""
+    if not hasattr(model, "group_matcher"):
+        return []
+    from timm.models import group_parameters
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    return [groups[k] for k in sorted(groups)]
 
 
 def num_blocks(model):
-    """How many numbered blocks (ViT blocks, ResNet stages) the model has; 0 for none."""
-    return len({b for b in (_block_index(n) for n, _ in model.named_parameters()) if b is not None})
+    """How many blocks (ViT blocks, ResNet or ConvNeXt stages) timm's grouping gives; 0 for none."""
+    return max(0, len(block_groups(model)) - 2)
 
 
 def only_classifier_trains(model):
@@ -179,3 +252,21 @@ def load_models(root="models", device="cpu"):
     The LoRA model is the merged one (plain timm architecture, no adapter overhead)."""
     root = Path(root)
     return {method: load_model(root / method, device=device)[0] for method in ("full", "lora")}
+
+
+def count_parameters(model):
+    """{"total", "trainable", "lora", "trainable_pct", "per_module": {top-level name: {"total", "trainable"}}}.
+    LoRA parameters are found by woof.lora's naming contract (a `lora_*` part in the name)."""
+    total = trainable = lora = 0
+    per_module = {}
+    for name, p in model.named_parameters():  # shared (tied) parameters count once
+        n = p.numel()
+        part = per_module.setdefault(name.split(".")[0], {"total": 0, "trainable": 0})
+        total += n
+        part["total"] += n
+        lora += n if any(part.startswith("lora_") for part in name.split(".")) else 0
+        if p.requires_grad:
+            trainable += n
+            part["trainable"] += n
+    return {"total": total, "trainable": trainable, "lora": lora,
+            "trainable_pct": 100.0 * trainable / max(total, 1), "per_module": per_module}

@@ -1,18 +1,34 @@
 """What a pull request changes in the pipeline's results, as Markdown for a PR comment:
-`dvc metrics diff`, `dvc params diff` and the changed plots, against a base revision.
+`dvc metrics diff --md`, `dvc params diff --md` and the figures of the changed plots, against a
+base revision.
 
     python -m woof.pr_report --base main --out pr-report.md     # figures in pr-report_plots/
 
-Where the base's plots come from: metrics and CSV plots are git-tracked (`cache: false`), so
-`git show BASE:path` has them and a changed CSV is redrawn base-vs-PR with woof.report's code.
-PNG figures are DVC-cached, not in git: whether one changed is read from its md5 in the base's
-dvc.lock, and only the PR's version is shown, so neither the base's DVC cache nor a remote is needed.
+The workflow (.github/workflows/pr-report.yml) posts it with `cml comment update`, which uploads
+the local images it links, so the figures show in the comment.
+
+Which plots changed: metrics and CSV plots are git-tracked (`cache: false`), so `git show
+BASE:path` has them; PNG figures are DVC-cached, not in git, and are compared by their md5 in the
+base's dvc.lock. Neither needs the base's DVC cache or a remote.
+
+The figures are DVC's, from `dvc plots diff BASE --json`, where it can give them:
+  * a CSV is drawn by the plots of dvc.yaml over it (Loss and Accuracy over plots/train_*.csv,
+    the confusion matrices over plots/predictions/test_*.csv), else by its own plot: a Vega-Lite
+    spec with the base's and this branch's data overlaid. A comment needs a PNG: the spec is
+    rendered with vl-convert-python where it is installed (the workflow installs it);
+  * an image plot comes once per revision DVC can read: this branch's always, the base's where
+    its DVC cache is at hand (a local checkout; in CI the base's run shares this cache).
+Where DVC gives no figure (no vl-convert, a file no plot draws, dvc failing), learning curves and
+per-class accuracies are redrawn base-vs-PR with woof.report's code and a PNG is shown as it is.
 """
 import argparse
 import hashlib
 import io
 import json
+import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -65,8 +81,61 @@ def _short(rev):
     return rev[:8] if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev) else rev
 
 
+def dvc_plots(base, out_dir, cwd=None):
+    """`dvc plots diff BASE --json -o out_dir` (images land in out_dir): {plot id: [entry]}.
+
+    Each entry is {"type": "vega", "revisions", "content": Vega-Lite spec} or, per revision DVC
+    could read, {"type": "image", "revisions": [rev], "url": file}. {} where dvc fails."""
+    try:
+        return json.loads(dvc("plots", "diff", base, "--json", "-o", str(out_dir), cwd=cwd) or "{}").get("data", {})
+    except (RuntimeError, ValueError):
+        return {}
+
+
+def plot_ids(path, data, cwd=None):
+    """The DVC plots that draw a file: dvc.yaml's top-level plots over it (as Loss over
+    plots/train_*.csv, where the file's own default plot would draw its last column, lr), else its own."""
+    ids = []
+    for p in (yaml.safe_load((Path(cwd or ".") / "dvc.yaml").read_text()) or {}).get("plots", []):
+        pid, cfg = (p, None) if isinstance(p, str) else next(iter(p.items()))
+        y = (cfg or {}).get("y")
+        if path in (set(y) if isinstance(y, dict) else {pid}) and pid in data:
+            ids.append(pid)
+    return ids or ([path] if path in data else [])
+
+
+def _vega_png(spec, out):
+    """A Vega-Lite spec as a PNG with vl-convert-python; None where it is not installed."""
+    try:
+        import vl_convert
+    except ImportError:
+        return None
+    # DVC calls the branch "workspace"; in a pull request it is the PR.
+    spec = json.loads(json.dumps(spec).replace('"workspace"', '"this PR"'))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(vl_convert.vegalite_to_png(spec, scale=2))
+    return out
+
+
+def dvc_figures(ids, data, out_dir):
+    """[(title, png)]: DVC's figures of these plots, the base's before this branch's."""
+    out = []
+    for pid in ids:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", pid)
+        for e in sorted(data[pid], key=lambda e: e.get("revisions") == ["workspace"]):
+            if e["type"] == "image" and Path(e.get("url", "")).is_file():
+                pr = e["revisions"] == ["workspace"]
+                png = Path(out_dir) / f"{slug}_{'pr' if pr else 'base'}.png"
+                png.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(e["url"], png)
+                out.append((f"{pid} ({'this PR' if pr else _short(e['revisions'][0])})", png))
+            elif e["type"] == "vega" and (png := _vega_png(e["content"], Path(out_dir) / f"{slug}.png")):
+                out.append((pid, png))
+    return out
+
+
 def render_plot(path, old, new, base, out_dir):
-    """A PNG for one changed plot, with the project's plotting code; None if there is none."""
+    """Where DVC gives no figure: a PNG for one changed plot with the project's plotting code; None if there is none."""
     from woof import report
     name = Path(path).name
     out = Path(out_dir) / (Path(path).stem + ".png")
@@ -90,7 +159,7 @@ def render_plot(path, old, new, base, out_dir):
                                                   + f" ({label})") for label, f in frames],
                                         ignore_index=True), out)
         return out
-    return None  # e.g. prediction lists: a table in `dvc plots diff` is more useful than a figure
+    return None  # e.g. validation prediction lists: no figure says more than the metrics diff
 
 
 def pr_report(base="main", out="pr-report.md", plots_dir="plots", cwd=None):
@@ -115,18 +184,28 @@ def pr_report(base="main", out="pr-report.md", plots_dir="plots", cwd=None):
     lines += ["### Metrics", "", metrics_md or "No metric changed.", "",
               "### Params", "", params_md or "No parameter changed.", ""]
     out = Path(out)
-    fig_dir = out.parent / (out.stem + "_plots")
+    fig_dir = Path(cwd or ".") / out.parent / (out.stem + "_plots")
     plots = changed_plots(base, plots_dir, cwd)
     lines += ["### Changed plots", ""]
     if not plots:
         lines += ["No plot changed."]
-    for path, state, old, new in plots:
-        png = render_plot(path, old, new, base, Path(cwd or ".") / fig_dir)
-        if png is not None:
+    shutil.rmtree(fig_dir, ignore_errors=True)  # only this report's figures (the CI artifact)
+    shown = []  # DVC plots drawn so far: Loss draws train_full.csv and train_lora.csv at once
+    with tempfile.TemporaryDirectory(prefix="pr-report-") as tmp:
+        data = dvc_plots(base, tmp, cwd) if plots else {}
+        for path, state, old, new in plots:
+            ids = plot_ids(path, data, cwd)
+            before = [i for i in ids if i in shown]
+            figs = dvc_figures([i for i in ids if i not in shown], data, fig_dir)
+            shown += [i for i in ids if i not in shown] if figs else []
+            if not figs and not before:
+                png = render_plot(path, old, new, base, fig_dir)
+                figs = [(path, png)] if png is not None else []
+            lines += [f"- `{path}` ({state})", ""]
             # Linked relative to the Markdown file, next to which the folder lies.
-            lines += [f"- `{path}` ({state})", "", f"  ![{path}]({fig_dir.name}/{png.name})", ""]
-        else:
-            lines += [f"- `{path}` ({state})"]
+            lines += [f"  ![{title}]({fig_dir.name}/{png.name})" for title, png in figs]
+            lines += [f"  Drawn in {', '.join(before)} above."] if before else []
+            lines += [""]
     with atomic_path(Path(cwd or ".") / out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return (Path(cwd or ".") / out).read_text()

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from woof import config
+from woof.errors import InputError, ParamError, UserError
 from woof.io import atomic_path, load_params, read_json, write_json
 
 RECORD = Path("metrics/experiments.csv")
@@ -167,17 +169,17 @@ def _git_rev():
         return "unknown"
 
 
-def check_prepared(params):
-    """The prepared tensors must be those of params' data section (dvc repro's preprocess)."""
+def check_prepared(cfg):
+    """The prepared tensors must be those of the config's data section (dvc repro's preprocess)."""
     data = read_json("metrics/data.json") if Path("metrics/data.json").exists() else {}
     if not (PREPARED / "files.json").exists():
-        raise FileNotFoundError(f"{PREPARED}/files.json not found: run `dvc repro preprocess` "
-                                "(or `make offline`) before the programme")
-    if data.get("split") != params["data"]["split"] or "test_images" not in data:
-        raise ValueError(f"{PREPARED} was not prepared with data.split={params['data']['split']} and a "
+        raise InputError(f"{PREPARED}/files.json not found: run `dvc repro preprocess` "
+                         "(or `make offline`) before the programme")
+    if data.get("split") != cfg.data.split or "test_images" not in data:
+        raise InputError(f"{PREPARED} was not prepared with data.split={cfg.data.split} and a "
                          "test split (metrics/data.json): run `dvc repro preprocess`")
-    if params["data"]["train_fraction"] != 1:
-        raise ValueError("params.yaml data.train_fraction must be 1: the programme takes its own "
+    if cfg.data.train_fraction != 1:
+        raise ParamError("params.yaml data.train_fraction must be 1: the programme takes its own "
                          "fractions of the full training set")
 
 
@@ -190,40 +192,40 @@ def run_one(run, device="cpu"):
     from woof.train import machine, parameter_counts, train_method
 
     base = load_params()
-    check_prepared(base)
-    params = run.params(base)
+    check_prepared(config.parse(base))  # the programme's own fractions are overrides of the full set
+    cfg = config.parse(run.params(base))
     classes = load_classes(PREPARED / "classes.json")
     splits = load_eval_splits(PREPARED)
-    size = params["data"]["image_size"]
+    size = cfg.data.image_size
     history, metrics, n_train = [], {}, 0
     if run.method == "zero_shot":
-        model = create_model(params["model"]["name"], num_classes=len(classes), img_size=size,
-                             weights=pretrained_weights(params["model"]),
+        model = create_model(cfg.model.name, num_classes=len(classes), img_size=size,
+                             weights=pretrained_weights(cfg.model),
                              class_indices=[c["imagenet_index"] for c in classes])
         metrics = {**parameter_counts(model), "trainable_params": 0, "train_minutes": 0.0}
     else:
         images, labels = load_split(PREPARED / "train.safetensors")
-        fraction = params["data"]["train_fraction"]
+        fraction = cfg.data.train_fraction
         if fraction < 1:  # the same stratified subset preprocess would have taken
-            keep = torch.tensor(stratified_subset(labels, fraction, params["data"]["seed"]))
+            keep = torch.tensor(stratified_subset(labels, fraction, cfg.data.seed))
             images, labels = images[keep], labels[keep]
         n_train, val = len(labels), splits["val"][:2]
         ckpt = Path("checkpoints/programme") / run.name  # an interrupted run resumes from its last epoch
-        model, history, metrics = train_method(run.method, params, classes, (images, labels), val, ckpt,
+        model, history, metrics = train_method(run.method, cfg, classes, (images, labels), val, ckpt,
                                                device, PREPARED / "train.safetensors")
         shutil.rmtree(ckpt, ignore_errors=True)
         if run.method == "lora":
             from woof import lora
             model = lora.merge_lora(model.cpu())
     ev, _, predictions = evaluate_models({run.method: model.cpu()}, splits, [c["name"] for c in classes],
-                                         size, params["evaluate"]["batch_size"], params["train"]["precision"])
+                                         size, cfg.evaluate.batch_size, cfg.train.precision)
     row = {"name": run.name, "block": run.block, "method": run.method,
            "overrides": json.dumps(run.overrides, sort_keys=True), "status": "ok", "error": "",
            "train_images": n_train, "train_minutes": metrics.get("train_minutes"),
            "train_images_per_s": metrics.get("train_images_per_s"),
            "trainable_params": metrics.get("trainable_params"), "total_params": metrics.get("total_params"),
            "peak_memory_mb": metrics.get("peak_memory_mb"), "epochs": len(history),
-           "precision": params["train"]["precision"], "git_rev": _git_rev(), "hardware": machine(device),
+           "precision": cfg.train.precision, "git_rev": _git_rev(), "hardware": machine(device),
            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     row.update(split_columns(ev[run.method]))
     details = {"name": run.name, "overrides": run.overrides, "history": history,
@@ -278,8 +280,11 @@ def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS
     """Run every missing run of `blocks` one after the other, each in its own process (its own
     peak memory, nothing leaking between runs), recording each result as it arrives."""
     try:  # a user error stops the programme before any run, instead of failing every run
-        check_prepared(load_params())
-    except (FileNotFoundError, ValueError) as e:
+        base = load_params()
+        check_prepared(config.parse(base))
+        for run in todo(read_record(), blocks, rerun, seeds):
+            config.parse(run.params(base))
+    except UserError as e:
         raise SystemExit(f"error: {e}")
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
@@ -326,7 +331,7 @@ def adopt(metrics_dir="metrics", plots_dir="plots"):
     predictions come from plots/predictions/."""
     from woof.data import load_classes
     base = load_params()
-    check_prepared(base)
+    check_prepared(config.parse(base))
     classes = load_classes(PREPARED / "classes.json")
     ev = read_json(Path(metrics_dir) / "evaluate.json")
     same = {"full": "full-lr5e-05", "lora": "lora-r8"}  # the runs whose overrides equal params.yaml

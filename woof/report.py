@@ -235,13 +235,8 @@ def plot_params(df, path):
 
 
 def load_curves(plots_dir="plots"):
-    parts = []
-    for method in ("full", "lora", "probe"):
-        path = Path(plots_dir) / f"train_{method}.csv"
-        if method == "probe" and not path.exists():  # the linear probe is optional
-            continue
-        parts.append(pd.read_csv(_exists(path)).assign(method=LABELS[method]))
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat([pd.read_csv(_exists(Path(plots_dir) / f"train_{m}.csv")).assign(method=LABELS[m])
+                      for m in ("full", "lora")], ignore_index=True)
 
 
 def plot_curves(curves, path):

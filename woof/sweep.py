@@ -2,29 +2,53 @@
 
     python -m woof.sweep queue [lora probe freeze scratch fraction backbone | all] [--dry-run] [--run -j 1]
     python -m woof.sweep wait               # until nothing is queued or running (--run already waits)
-    python -m woof.sweep collect            # dvc exp show --csv -> metrics/sweep*.csv, plots/sweep*.png, sweep.md
+    python -m woof.sweep collect            # dvc.api.exp_show -> metrics/sweep*.csv, plots/sweep*.png, sweep.md
 
 `queue --run -j N` is complete on its own: it queues, starts N workers and waits for the queue.
 The pull-request report is woof/pr_report.py.
 
-Every variant is a `dvc exp run --queue -n NAME -S key=value ...`: DVC re-runs only the stages
-whose params changed, so a LoRA grid point reuses the cached data and train_full stages. Results
-are read back from `dvc exp show --csv` only; nothing is re-run to build a table or a figure.
+DVC builds the grids. A comparison is one `dvc exp run --queue -n NAME -S 'key=v1,v2,...'` call in
+Hydra's sweep syntax: DVC queues one experiment per point of the product of the -S lists, and
+re-runs only the stages whose params changed (a LoRA point reuses the cached data and train_full).
+The LoRA grid is one call per rank, sweeping the learning rate: alpha must be 2r at every point
+(scale alpha/r fixed, README "Protocol"), and a sweep is a product, so alpha cannot follow rank
+within one call (see grid()).
 
-DVC pitfalls handled here:
+Names. DVC names the experiments of a sweep queued with -n NAME NAME-1 ... NAME-N, in the order of
+the product (Hydra's BasicSweeper: the last -S list varies fastest); a call without a sweep keeps
+NAME. So: lora-r8-1 ... lora-r8-3 (the lrs in the order given), freeze-1 ..., fraction-1 ...,
+probe, scratch, backbone-resnet18. The suffix is a position, not a value: the tables read every
+param from DVC, never from a name. Re-queuing matches grid points by params, not names: a point
+whose params an experiment of this commit already has (queued, running, done or failed) is skipped;
+when only some points of a call are new, or DVC's names for them are taken, the new points are
+queued one by one as NAME-<key><value> (e.g. lora-r8-lr0.01).
+
+Results come from `dvc.api.exp_show()` (DVC 3.67; checked in its code and on a real queue):
+  * one flat dict per row (the workspace, the baseline commit, each experiment), columns named as
+    in `dvc exp show`: a key alone, or "file:key" when another file, params.yaml included, has the
+    same key (see FIELDS);
+  * numbers come as floats (ranks too); booleans, lists and null params as their text ("True",
+    "['head']", "None"); "!" for a file DVC could not read; None where nothing is known (a queued
+    experiment has its params, no metrics); State is "Queued", "Running", "Success" or "Failed"
+    (None for baselines and once the queue has forgotten the task);
+  * a failed or running experiment shows the metrics of the commit it started from (they are
+    git-tracked files of that commit), not its own: collect blanks them and lists the run as
+    failed/running, never as a result.
+
+What DVC does not do, done here:
   * a queued experiment runs in a copy made from git: untracked files are not there (we warn
     about them; pass --copy-path to copy one, e.g. a local weights file), and `dvc` must be on
     the workers' PATH (we put this Python's bin folder first).
   * `dvc exp run --run-all` and several queue workers have hung or raced: we start the queue with
-    `dvc queue start -j N` (default 1) and poll `dvc queue status`. Worker logs:
-    .dvc/tmp/exps/celery/dvc-exp-worker-*.out, and per experiment `dvc queue logs NAME`
-    (.dvc/tmp/exps/run/<rev>/<rev>.out).
-  * a failed experiment shows up in `dvc exp show` with State "Failed" and "!" for its metrics;
-    collect lists it (status column, sweep.md), it is never dropped silently.
+    `dvc queue start -j N` (default 1) and wait by reading exp_show, not `dvc queue status`, whose
+    question to the workers can kill one (see wait()); workers that died anyway are started again.
+    Worker logs: .dvc/tmp/exps/celery/dvc-exp-worker-*.out, per experiment `dvc queue logs NAME`.
+  * failed experiments are listed (status column, sweep.md), never dropped silently.
 """
 import argparse
 import ast
-import io
+import itertools
+import json
 import os
 import shlex
 import subprocess
@@ -33,6 +57,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from woof.io import atomic_path, pyplot, save_png
 
@@ -70,6 +95,12 @@ def dvc(*args, cwd=None, check=True):
     return proc.stdout
 
 
+def exp_show(cwd=None, num=1):
+    """dvc.api.exp_show: the workspace, the last `num` commits and their experiments (see above)."""
+    import dvc.api  # the Python API of the same dvc the workers run
+    return dvc.api.exp_show(repo=str(cwd) if cwd else None, num=num)
+
+
 # ------------------------------------------------------------------ the grids
 
 def _value(v):
@@ -81,46 +112,59 @@ def _value(v):
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(_value(x) for x in v) + "]"
     if isinstance(v, str) and not v.replace("_", "").replace("-", "").isalnum():
-        return "'" + v + "'"  # regexes: quoted, so [ ] \ are not Hydra syntax
-    if isinstance(v, float):  # 1.0 stays a float in params.yaml, not the int 1
-        s = f"{v:g}"
-        return s if any(c in s for c in ".en") else s + ".0"
-    return str(v)
+        return "'" + v + "'"  # regexes: quoted, so [ ] \ , are not Hydra syntax
+    return repr(v) if isinstance(v, float) else str(v)  # repr: 1.0 stays a float, 1/3 round-trips
 
 
 def grid(comparison, ranks=RANKS, lrs=LRS, freeze_blocks=FREEZE_BLOCKS, fractions=FRACTIONS,
          backbone=BACKBONE, backbone_targets=BACKBONE_TARGETS, backbone_weights=None):
-    """[(experiment name, {param: value})] for one comparison."""
+    """[(name, {param: (values...)})]: one `dvc exp run --queue` call each, a sweep where a param
+    has several values."""
     if comparison == "lora":
-        return [(f"lora-r{r}-lr{lr:g}", {"lora.rank": r, "lora.alpha": ALPHA_PER_RANK * r, "lora.lr": lr})
-                for r in ranks for lr in lrs]
+        # One call per rank: DVC's sweep is a product, so `-S lora.rank=1,2 -S lora.alpha=2,4`
+        # would also queue r=1 with alpha 4. Hydra cannot compute alpha from rank (interpolation
+        # copies, no arithmetic) and lora.rslora changes the scale rule itself (alpha/sqrt(r)).
+        return [(f"lora-r{r}", {"lora.rank": (r,), "lora.alpha": (ALPHA_PER_RANK * r,), "lora.lr": tuple(lrs)})
+                for r in ranks]
     if comparison == "probe":
-        return [("probe", {"full.trainable": ["head"]})]
+        return [("probe", {"full.trainable": (["head"],)})]
     if comparison == "freeze":
-        return [(f"freeze-{k}", {"full.freeze_blocks": k}) for k in freeze_blocks]
+        return [("freeze", {"full.freeze_blocks": tuple(freeze_blocks)})]
     if comparison == "scratch":
-        return [("scratch", {"full.pretrained": False})]
+        return [("scratch", {"full.pretrained": (False,)})]
     if comparison == "fraction":
-        return [(f"fraction-{f:g}", {"data.train_fraction": f}) for f in fractions]
+        return [("fraction", {"data.train_fraction": tuple(fractions)})]
     if comparison == "backbone":
         # weights=None: timm's own pretrained weights for that backbone (a local file otherwise).
-        return [(f"backbone-{backbone}", {"model.name": backbone, "model.weights": backbone_weights,
-                                          "lora.targets": backbone_targets})]
+        return [(f"backbone-{backbone}", {"model.name": (backbone,), "model.weights": (backbone_weights,),
+                                          "lora.targets": (backbone_targets,)})]
     raise ValueError(f"unknown comparison {comparison!r}; choose from {COMPARISONS}")
 
 
+def points(overrides):
+    """The experiments DVC makes of one call, in its order (itertools.product, as Hydra's sweeper)."""
+    return [dict(zip(overrides, values)) for values in itertools.product(*overrides.values())]
+
+
+def names(name, n):
+    """DVC's names for the n experiments of a call queued with -n name."""
+    return [name] if n == 1 else [f"{name}-{i}" for i in range(1, n + 1)]
+
+
+def queue_command(name, overrides, copy_paths=()):
+    """One `dvc exp run --queue` argument list; a param with several values is a Hydra sweep."""
+    cmd = ["dvc", "exp", "run", "--queue", "-n", name]
+    for path in copy_paths:
+        cmd += ["-C", path]
+    for key, values in overrides.items():
+        cmd += ["-S", f"{key}={','.join(_value(v) for v in values)}"]
+    return cmd
+
+
 def queue_commands(comparisons, copy_paths=(), **grid_kwargs):
-    """The `dvc exp run --queue` argument lists for the comparisons."""
-    cmds = []
-    for comparison in comparisons:
-        for name, overrides in grid(comparison, **grid_kwargs):
-            cmd = ["dvc", "exp", "run", "--queue", "-n", name]
-            for path in copy_paths:
-                cmd += ["-C", path]
-            for key, v in overrides.items():
-                cmd += ["-S", f"{key}={_value(v)}"]
-            cmds.append(cmd)
-    return cmds
+    """The `dvc exp run --queue` argument lists for the comparisons, one per grid() entry."""
+    return [queue_command(name, overrides, copy_paths)
+            for comparison in comparisons for name, overrides in grid(comparison, **grid_kwargs)]
 
 
 def untracked_files(cwd=None):
@@ -129,11 +173,53 @@ def untracked_files(cwd=None):
     return [line[3:] for line in out.splitlines() if line.startswith("??")]
 
 
+def _param_keys(cwd=None):
+    """params.yaml's keys, dotted as DVC flattens them (lists are values)."""
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return list(flat(yaml.safe_load((Path(cwd or ".") / "params.yaml").read_text()) or {}))
+
+
+def plan(name, overrides, rows, param_keys, copy_paths=()):
+    """The `dvc exp run --queue` argument lists for a grid() entry's points that no experiment in
+    rows (exp_show) has yet: the entry's one sweep call when all its points are new and DVC's names
+    for them are free, else one call per new point, named NAME-<key><value> (-2, -3 if taken).
+
+    A point is the workspace's params (what a queued experiment starts from) with its overrides;
+    an experiment has it when every param agrees, so a freeze run at the default LoRA params is
+    not taken for the LoRA grid point with those params."""
+    workspace = next((r for r in rows if r["rev"] == "workspace"), {})
+    exps = [r for r in rows if r["typ"] != "baseline"]
+
+    def params(row, point=None):
+        return {k: _cell(point[k]) if point and k in point else _cell(_field(row, "params.yaml", k))
+                for k in param_keys}
+
+    have, taken = [params(r) for r in exps], {r["Experiment"] for r in exps}
+    pts = points(overrides)
+    new = [p for p in pts if params(workspace, p) not in have]
+    if len(new) == len(pts) and not taken & set(names(name, len(pts))):
+        return [queue_command(name, overrides, copy_paths)]
+    swept = [k for k, values in overrides.items() if len(values) > 1]
+    cmds = []
+    for p in new:
+        tag = name + "".join(f"-{k.split('.')[-1]}{_value(p[k])}" for k in swept)
+        n, i = tag, 1
+        while n in taken:
+            i += 1
+            n = f"{tag}-{i}"
+        taken.add(n)
+        cmds.append(queue_command(n, {k: (v,) for k, v in p.items()}, copy_paths))
+    return cmds
+
+
 def queue(comparisons, dry_run=False, run=False, jobs=1, copy_paths=(), timeout_h=48, poll_s=10, cwd=None,
           **grid_kwargs):
-    """Queue (and with run=True, run and wait for) the experiments of the comparisons."""
-    cmds = queue_commands(comparisons, copy_paths, **grid_kwargs)
+    """Queue (and with run=True, run and wait for) the experiments of the comparisons; return the
+    dvc argument lists it ran (all of them with dry_run)."""
     if dry_run:
+        cmds = queue_commands(comparisons, copy_paths, **grid_kwargs)
         for cmd in cmds:
             print(shlex.join(cmd))
         return cmds
@@ -142,12 +228,14 @@ def queue(comparisons, dry_run=False, run=False, jobs=1, copy_paths=(), timeout_
         print("warning: queued experiments see only files tracked by git or DVC; untracked here: "
               + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
               + " (commit or `dvc add` them, or pass --copy-path)", file=sys.stderr)
-    existing = set(parse_exp_show(dvc("exp", "show", "--csv", cwd=cwd))["name"].dropna())
+    rows, keys, cmds = exp_show(cwd), _param_keys(cwd), []
+    for name, overrides in (e for c in comparisons for e in grid(c, **grid_kwargs)):
+        todo = plan(name, overrides, rows, keys, copy_paths)
+        if not todo:
+            print(f"skip {name}: every point is already an experiment of this commit "
+                  "(`dvc exp remove NAME` to redo one)")
+        cmds += todo
     for cmd in cmds:
-        name = cmd[cmd.index("-n") + 1]
-        if name in existing:
-            print(f"skip {name}: already an experiment of this commit (`dvc exp remove {name}` to redo)")
-            continue
         print(shlex.join(cmd))
         dvc(*cmd[1:], cwd=cwd)
     if run:
@@ -159,30 +247,62 @@ def run_queue(jobs=1, timeout_s=48 * 3600, poll_s=10, cwd=None):
     """`dvc queue start -j jobs`, then wait until nothing is queued or running."""
     print(f"dvc queue start -j {jobs}")
     dvc("queue", "start", "-j", str(jobs), cwd=cwd)
-    return wait(timeout_s, poll_s, cwd=cwd)
+    return wait(timeout_s, poll_s, jobs=jobs, cwd=cwd)
 
 
-def wait(timeout_s=48 * 3600, poll_s=10, cwd=None):
-    """Poll `dvc queue status` until no experiment is queued or running; return the last status."""
+def _workers_alive(cwd=None):
+    """Whether a DVC queue worker process runs: DVC's process files (pid, returncode once it ended)."""
+    for info in (Path(cwd or ".") / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
+        proc = json.loads(info.read_text() or "{}")
+        if proc.get("pid") and proc.get("returncode") is None:
+            try:
+                os.kill(proc["pid"], 0)
+                return True
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                return True
+    return False
+
+
+def wait(timeout_s=48 * 3600, poll_s=10, jobs=1, restarts=2, cwd=None):
+    """Poll exp_show until none of this commit's experiments is Queued or Running; return its rows.
+
+    Not `dvc queue status`: it asks the workers over Celery's broadcast channel, message files in
+    DVC's filesystem broker, and a worker that reads one half-written dies ("Unrecoverable error:
+    JSONDecodeError" in its log; seen with one worker on a loaded 2-core machine, the rest of the
+    queue left Queued for good). exp_show only reads the queue's files. A worker can die all the
+    same: when experiments are still queued and no worker process lives (twice in a row), the
+    workers are started again, at most `restarts` times; a run shown Running without a worker is
+    reported and not waited for."""
     print("waiting for the DVC queue (worker logs: .dvc/tmp/exps/celery/dvc-exp-worker-*.out; "
           "one experiment: `dvc queue logs NAME`)", flush=True)
-    start = time.time()
+    start, dead = time.time(), 0
     while True:
-        status = dvc("queue", "status", cwd=cwd)
-        states = [line.split()[-1] for line in status.splitlines()[1:]
-                  if line.strip() and not line.startswith("Worker")]
-        if not any(s in ("Queued", "Running") for s in states):
-            break
+        rows = exp_show(cwd)
+        busy = {r["Experiment"] or r["rev"]: r["State"] for r in rows if r["State"] in ("Queued", "Running")}
+        dead = 0 if not busy or _workers_alive(cwd) else dead + 1
+        if not busy:
+            return rows
+        if dead >= 2 and "Queued" not in busy.values():
+            print(f"warning: {', '.join(busy)} shown Running, but no DVC queue worker is alive: it died "
+                  "(see its log and `dvc queue logs NAME`)", file=sys.stderr)
+            return rows
+        if dead >= 2:
+            if restarts <= 0:
+                raise RuntimeError(f"DVC queue workers died with {len(busy)} experiment(s) left: {', '.join(busy)}")
+            print(f"warning: no DVC queue worker alive with {len(busy)} experiment(s) left; dvc queue start -j {jobs}",
+                  file=sys.stderr)
+            dvc("queue", "start", "-j", str(jobs), cwd=cwd)
+            restarts, dead = restarts - 1, 0
         if time.time() - start > timeout_s:
-            raise TimeoutError(f"queue still busy after {timeout_s} s:\n{status}")
+            raise TimeoutError(f"DVC queue still busy after {timeout_s} s: {busy}")
         time.sleep(poll_s)
-    print(status)
-    return status
 
 
-# ------------------------------------------------------------------ reading dvc exp show --csv
+# ------------------------------------------------------------------ reading dvc.api.exp_show
 
-# column -> (file, key): DVC names a column by its key, prefixed with "file:" when another file,
+# field -> (file, key). DVC names a column by its key, prefixed with "file:" when another file,
 # params.yaml included, has the same key. In this pipeline evaluate.json and compare.json share
 # full.top1 etc., train_full.json and train_lora.json share trainable_params, and cost.json has a
 # lora.rank like params.yaml: those columns read "metrics/evaluate.json:full.top1", ...
@@ -214,46 +334,50 @@ METRICS = [k for k, (f, _) in FIELDS.items() if f != "params.yaml"]
 PARAMS = [k for k, (f, _) in FIELDS.items() if f == "params.yaml"]
 
 
+def _field(row, file, key):
+    """A cell of an exp_show row: "file:key" where DVC had to prefix the column, else "key"."""
+    return row.get(f"{file}:{key}", row.get(key))
+
+
 def _cell(v):
-    """'!' and '' are DVC's missing values; lists come as "['head']"; numbers as text."""
-    if v is None or (isinstance(v, float) and pd.isna(v)) or v in ("", "!", "-"):
-        return None
-    if isinstance(v, str) and v[:1] == "[":
+    """One value as Python: exp_show's text for booleans, lists and null back to values, "!"
+    (unreadable file) to None; numbers as floats; a list as "a,b" (a table cell, hashable)."""
+    if isinstance(v, str):
+        if v in ("!", "None", ""):
+            return None
+        if v in ("True", "False"):
+            return v == "True"
+        if v[:1] != "[":
+            return v
         try:
-            return ",".join(map(str, ast.literal_eval(v)))
+            v = ast.literal_eval(v)
         except (ValueError, SyntaxError):
             return v
-    try:
-        return float(v) if any(c in v for c in ".eE") or v.lower() in ("nan", "inf") else int(v)
-    except ValueError:
-        return {"True": True, "False": False, "true": True, "false": False}.get(v, v)
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return v
 
 
-def parse_exp_show(csv_text):
-    """One row per baseline/experiment of `dvc exp show --csv` with the FIELDS columns.
-
-    status: "baseline" (the commit), "workspace", "ok", "failed" (State Failed, or it ran but a
-    metric we need is missing), "queued", "running"."""
-    raw = pd.read_csv(io.StringIO(csv_text), dtype=str, keep_default_na=False)
-    rows = []
-    for r in raw.to_dict("records"):
-        row = {"name": r.get("Experiment") or r["rev"], "rev": r["rev"], "typ": r["typ"],
-               "state": r.get("State", "")}
-        for field, (file, key) in FIELDS.items():
-            col = f"{file}:{key}" if f"{file}:{key}" in r else key
-            row[field] = _cell(r.get(col))
+def experiments(rows):
+    """One row per exp_show row with the FIELDS columns and a status: "workspace", "baseline" (the
+    commit), "ok", "queued", "running", "failed" (State Failed, or done without the metrics we need)."""
+    out = []
+    for r in rows:
+        state = r.get("State") or ""
+        row = {"name": r.get("Experiment") or r["rev"], "rev": r["rev"], "typ": r["typ"], "state": state,
+               **{field: _cell(_field(r, file, key)) for field, (file, key) in FIELDS.items()}}
         if r["rev"] == "workspace":
             row["status"] = "workspace"
         elif r["typ"] == "baseline":
             row["status"] = "baseline"
-        elif row["state"] in ("Queued", "Running"):
-            row["status"] = row["state"].lower()
-        elif row["state"] == "Failed":
-            row["status"] = "failed"
         else:
-            row["status"] = "ok"
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=["name", "rev", "typ", "state", *FIELDS, "status"])
+            row["status"] = {"Queued": "queued", "Running": "running", "Failed": "failed"}.get(state, "ok")
+        if row["status"] in ("running", "failed"):
+            row.update(dict.fromkeys(METRICS))  # the parent commit's numbers, not this run's
+        out.append(row)
+    df = pd.DataFrame(out, columns=["name", "rev", "typ", "state", *FIELDS, "status"])
     has_metrics = df[["full_top1", "lora_top1"]].notna().any(axis=1)
     df.loc[(df.status == "ok") & ~has_metrics, "status"] = "failed"
     return df
@@ -399,16 +523,16 @@ def _rel(path, markdown_file):
     return Path(os.path.relpath(Path(path).resolve(), Path(markdown_file).resolve().parent)).as_posix()
 
 
-def collect(csv_text, metrics_dir="metrics", plots_dir="plots", summary="sweep.md"):
-    """Write every table and figure from `dvc exp show --csv` text. Returns {comparison: table}."""
-    df = parse_exp_show(csv_text)
+def collect(rows, metrics_dir="metrics", plots_dir="plots", summary="sweep.md"):
+    """Write every table and figure from exp_show rows. Returns {comparison: table}."""
+    df = experiments(rows)
     base = _baseline(df)
     df["comparison"] = [comparison_of(r, base) if r["status"] not in ("baseline", "workspace") else ""
                         for r in df.to_dict("records")]
     exps = df[~df.status.isin(["baseline", "workspace"])]
     zero_shot = _reference(df, base, "zero_shot_top1")
     tables, lines = {}, ["# Sweeps and comparisons", "",
-                         f"From `dvc exp show --csv` (baseline {base.get('name', '?')}); "
+                         f"From `dvc.api.exp_show()` (baseline {base.get('name', '?')}); "
                          "top1 is validation top-1 (where the val-best point is chosen), test_top1 the "
                          "clean test split's (reported, never chosen on); fractions.", ""]
     if (exps.comparison == "lora").any():
@@ -470,9 +594,9 @@ def main(argv=None):
     q.add_argument("-j", "--jobs", type=int, default=1, help="queue workers (more than 1 has raced in DVC)")
     w = sub.add_parser("wait", help="wait until the DVC queue has nothing queued or running")
     w.add_argument("--timeout-h", type=float, default=48)
-    c = sub.add_parser("collect", help="tables and figures from `dvc exp show --csv`")
-    c.add_argument("--csv", help="a saved `dvc exp show --csv` output instead of running it")
-    c.add_argument("--all-commits", action="store_true", help="experiments of every commit, not just HEAD")
+    w.add_argument("-j", "--jobs", type=int, default=1, help="workers to start again if they all died")
+    c = sub.add_parser("collect", help="tables and figures from dvc.api.exp_show")
+    c.add_argument("--num", type=int, default=1, help="experiments of the last NUM commits (-1: all)")
     c.add_argument("--metrics-dir", default="metrics")
     c.add_argument("--plots-dir", default="plots")
     c.add_argument("--summary", default="sweep.md")
@@ -485,13 +609,9 @@ def main(argv=None):
               backbone=args.backbone, backbone_targets=args.backbone_targets,
               backbone_weights=args.backbone_weights)
     elif args.cmd == "wait":
-        wait(args.timeout_h * 3600)
+        wait(args.timeout_h * 3600, jobs=args.jobs)
     elif args.cmd == "collect":
-        if args.csv:
-            text = Path(args.csv).read_text()
-        else:
-            text = dvc("exp", "show", "--csv", "--precision", "6", *(["-A"] if args.all_commits else []))
-        tables = collect(text, args.metrics_dir, args.plots_dir, args.summary)
+        tables = collect(exp_show(num=args.num), args.metrics_dir, args.plots_dir, args.summary)
         print(Path(args.summary).read_text())
         if not tables:
             print("no experiment found: queue some with `python -m woof.sweep queue`", file=sys.stderr)

@@ -17,70 +17,66 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from timm.optim import create_optimizer_v2
+
 from woof.data import center_crop, normalize, random_resized_crop_flip, sha256_file
+from woof.errors import ParamError
 from woof.evaluate import autocast, classification_metrics, predict
 from woof.io import atomic_path
-from woof.models import create_model, only_classifier_trains, pretrained_weights, set_trainable
+from woof.models import count_parameters, create_model, data_config, only_classifier_trains, pretrained_weights, set_trainable
 
-
-EVAL_BATCH_SIZE = 128  # inference only: it changes speed, never results
 
 # ---------------------------------------------------------------------------------------------
 # building the model for a method
 
-def build_model(method, params, classes):
-    """The timm model with exactly the parameters the method trains left trainable."""
-    cfg, model_cfg = params[method], params["model"]
-    torch.manual_seed(cfg.get("seed", 0))  # random heads, LoRA A matrices, from-scratch weights
-    pretrained = cfg.get("pretrained", True)
+def build_model(method, cfg, classes):
+    """The timm model with exactly the parameters the method trains left trainable.
+    cfg: woof.config.Config; method: "full" or "lora"."""
+    recipe = cfg.method(method)
+    torch.manual_seed(recipe.seed)  # random heads, LoRA A matrices, from-scratch weights
+    pretrained = getattr(recipe, "pretrained", True)  # LoRA always starts from the pretrained model
     indices = [c["imagenet_index"] for c in classes]
-    head_from_imagenet = pretrained and model_cfg.get("head_init", "imagenet") == "imagenet" \
-        and min(indices) >= 0
-    model = create_model(model_cfg["name"], num_classes=len(classes),
-                         img_size=params["data"]["image_size"], weights=pretrained_weights(model_cfg),
-                         pretrained=pretrained, class_indices=indices if head_from_imagenet else None)
+    head_from_imagenet = pretrained and cfg.model.head_init == "imagenet"
+    if head_from_imagenet and min(indices) < 0:
+        unknown = [c["wnid"] for c in classes if c["imagenet_index"] < 0]
+        raise ParamError(f"model.head_init=imagenet, but the classes {unknown[:3]} are not ImageNet classes: "
+                         "set model.head_init: random")
+    model = create_model(cfg.model.name, num_classes=len(classes), img_size=cfg.data.image_size,
+                         weights=pretrained_weights(cfg.model), pretrained=pretrained,
+                         class_indices=indices if head_from_imagenet else None)
     if method == "lora":
         from woof import lora  # only the LoRA path needs it: lora.py is no dependency of train_full
-        lora.apply_lora(model, cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"],
-                        dropout=cfg.get("dropout", 0.0), rslora=cfg.get("rslora", False),
-                        trainable=tuple(cfg.get("trainable", ["head"])))
+        lora.apply_lora(model, recipe.targets, rank=recipe.rank, alpha=recipe.alpha, dropout=recipe.dropout,
+                        rslora=recipe.rslora, trainable=tuple(recipe.trainable))
     else:
-        set_trainable(model, cfg.get("trainable", ["all"]), cfg.get("freeze_blocks", 0))
+        set_trainable(model, recipe.trainable, recipe.freeze_blocks)
     return model
 
 
-def train_method(method, params, classes, train, val, ckpt_dir, device="cpu", train_file=None):
+def train_method(method, cfg, classes, train, val, ckpt_dir, device="cpu", train_file=None, live_dir=None):
     """Build `method`'s model and fit it: the one training path of the train stages and the
     experiment programme. -> (model, history, run metrics). A checkpoint in ckpt_dir written by
-    the same params and training data is resumed from."""
-    from woof.models import data_config
-    model = build_model(method, params, classes)
-    dcfg = data_config(model, params["data"]["image_size"])
-    start = time.perf_counter()
-    history = fit(model, train, val, params[method], dcfg, ckpt_dir=ckpt_dir, device=device,
-                  precision=params["train"]["precision"],
-                  fingerprint=fingerprint(params, method, train_file, train[1]))
-    metrics = run_metrics(history, model, device, (time.perf_counter() - start) / 60, rank_and_world()[1])
-    metrics["precision"] = params["train"]["precision"]
+    the same params and training data is resumed from; live_dir: where dvclive logs the epochs."""
+    model = build_model(method, cfg, classes)
+    dcfg = data_config(model, cfg.data.image_size)
+    history = fit(model, train, val, cfg.method(method), dcfg, ckpt_dir=ckpt_dir, device=device,
+                  precision=cfg.train.precision, eval_batch_size=cfg.evaluate.batch_size,
+                  fingerprint=fingerprint(cfg, method, train_file, train[1]), live_dir=live_dir)
+    metrics = run_metrics(history, model, device, rank_and_world()[1])
+    metrics["precision"] = cfg.train.precision
     return model, history, metrics
-
-
-def check_config(cfg):
-    """Clear errors for params that would otherwise fail deep inside the loop."""
-    for key in ("epochs", "batch_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    for key in ("lr", "weight_decay", "warmup_epochs", "label_smoothing"):
-        if cfg.get(key, 0) < 0:
-            raise ValueError(f"{key} must be >= 0, got {cfg[key]!r}")
 
 
 # ---------------------------------------------------------------------------------------------
 # distributed helpers (all no-ops in a single process)
 
 def init_distributed(device="auto"):
-    """-> (rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK."""
+    """-> (rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK.
+    device: auto (a GPU if there is one), cpu, or cuda (refused when there is no GPU)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ParamError("train.device=cuda, but torch sees no GPU on this machine: use train.device=auto "
+                         "(a GPU when there is one) or cpu")
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -107,19 +103,15 @@ def all_sum(values, device):
 # ---------------------------------------------------------------------------------------------
 # optimisation
 
-def make_optimizer(model, cfg, steps_per_epoch):
-    """AdamW without weight decay on biases, norms and the parameters the model itself exempts
-    (timm's no_weight_decay(): position embedding, class token); linear warmup then cosine decay
-    to 0, stepped every batch."""
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or name in skip else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.get("weight_decay", 0.0)},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg["lr"])
-    total = cfg["epochs"] * steps_per_epoch
-    warmup = round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+def make_optimizer(model, recipe, steps_per_epoch):
+    """timm's AdamW, without weight decay on 1-d parameters (biases, norms) and on what the model
+    itself exempts (timm's no_weight_decay(): position embedding, class token); then linear
+    warmup and cosine decay to 0, stepped every batch. The schedule stays a LambdaLR: timm's
+    CosineLRScheduler warms up from warmup_lr_init by another formula, and every recorded run
+    would change."""
+    opt = create_optimizer_v2(model, "adamw", lr=recipe.lr, weight_decay=recipe.weight_decay)
+    total = recipe.epochs * steps_per_epoch
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
 
     def schedule(step):
         if step < warmup:
@@ -131,29 +123,33 @@ def make_optimizer(model, cfg, steps_per_epoch):
 # ---------------------------------------------------------------------------------------------
 # the loop
 
-def fit(model, train, val, cfg, data_cfg, ckpt_dir=None, fingerprint="", device="cpu",
-        precision="fp32", on_epoch_end=None):
+def fit(model, train, val, recipe, data_cfg, ckpt_dir=None, fingerprint="", device="cpu",
+        precision="fp32", eval_batch_size=128, live_dir=None):
     """Train `model` on cached uint8 tensors and return the per-epoch history.
 
     train, val: (images uint8 (N, 3, S, S), labels (N,)); train images are the larger cache that
     random resized crops are taken from, val images are at the input size.
+    recipe: woof.config.Recipe (epochs, batch_size, lr, ...), already validated.
     ckpt_dir: where the per-epoch checkpoint lives; a checkpoint with the same fingerprint is
-    resumed from, any other is ignored."""
-    check_config(cfg)
+    resumed from, any other is ignored. Each history row's elapsed_s counts the whole run, the
+    epochs of an interrupted process included.
+    live_dir: dvclive logs every epoch there (rank 0), for `dvc exp show` while the run goes on."""
     rank, world = rank_and_world()
-    torch.manual_seed(cfg.get("seed", 0))
+    run_start = time.perf_counter()
+    torch.manual_seed(recipe.seed)
     size = data_cfg["input_size"][-1]
     images, labels = train
-    if cfg["batch_size"] % world:
-        raise ValueError(f"batch_size {cfg['batch_size']} is not divisible by {world} processes")
+    batch = recipe.batch_size
+    if batch % world:
+        raise ParamError(f"batch_size {batch} is not divisible by {world} processes")
     if only_classifier_trains(model):
-        return fit_linear_probe(model, train, val, cfg, data_cfg, device, precision, rank)
-    steps = len(images) // cfg["batch_size"]
+        return fit_linear_probe(model, train, val, recipe, data_cfg, device, precision, eval_batch_size, rank)
+    steps = len(images) // batch
     if steps == 0:
-        raise ValueError(f"batch_size {cfg['batch_size']} is larger than the {len(images)} training images")
+        raise ParamError(f"batch_size {batch} is larger than the {len(images)} training images")
     model.to(device)
-    opt, sched = make_optimizer(model, cfg, steps)
-    g = torch.Generator().manual_seed(cfg.get("seed", 0))
+    opt, sched = make_optimizer(model, recipe, steps)
+    g = torch.Generator().manual_seed(recipe.seed)
     history, start_epoch = [], 0
     ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir else None
     if ckpt and ckpt.exists():
@@ -167,23 +163,24 @@ def fit(model, train, val, cfg, data_cfg, ckpt_dir=None, fingerprint="", device=
             history, start_epoch = json.loads(state["history"]), state["epoch"]
             if rank == 0:
                 print(f"resuming from {ckpt} after epoch {start_epoch}")
+    carried = history[-1]["elapsed_s"] if history else 0.0  # the interrupted processes' time
+    live = open_live(live_dir, history) if rank == 0 else None
     ddp = DistributedDataParallel(model) if world > 1 else model
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.get("label_smoothing", 0.0))
-    local = cfg["batch_size"] // world
-    scale, hflip = tuple(cfg.get("crop_scale", (0.35, 1.0))), cfg.get("hflip", 0.5)
-    for epoch in range(start_epoch, cfg["epochs"]):
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    local = batch // world
+    for epoch in range(start_epoch, recipe.epochs):
         model.train()
         perm = torch.randperm(len(images), generator=g)
         totals = [0.0, 0.0, 0.0]  # loss sum, correct, count
         start = time.perf_counter()
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=rank != 0, unit="step")
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=rank != 0, unit="step")
         for step in bar:
             # Every rank draws the global batch's indices and crop parameters, then takes its slice:
             # the result is the same whatever the number of processes.
-            idx = perm[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
+            idx = perm[step * batch:(step + 1) * batch]
             rand = torch.rand(len(idx), 5, generator=g)
             idx, rand = idx[rank * local:(rank + 1) * local], rand[rank * local:(rank + 1) * local]
-            x = random_resized_crop_flip(images[idx].to(device), size, rand, scale, hflip=hflip)
+            x = random_resized_crop_flip(images[idx].to(device), size, rand, recipe.crop_scale, hflip=recipe.hflip)
             x = normalize(x, data_cfg["mean"], data_cfg["std"])  # (B, 3, size, size)
             y = labels[idx].to(device)
             with autocast(device, precision):
@@ -199,25 +196,48 @@ def fit(model, train, val, cfg, data_cfg, ckpt_dir=None, fingerprint="", device=
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
         train_seconds = time.perf_counter() - start
         loss_sum, correct, count = all_sum(totals, device)
-        val_metrics = evaluate_sharded(model, val, data_cfg, device, precision)
+        val_metrics = evaluate_sharded(model, val, data_cfg, device, precision, eval_batch_size)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count,
                         "val_loss": val_metrics["loss"], "val_acc": val_metrics["top1"],
                         "epoch_seconds": train_seconds, "images_per_s": count / train_seconds,
-                        "lr": sched.get_last_lr()[0]})
+                        "lr": sched.get_last_lr()[0], "elapsed_s": carried + time.perf_counter() - run_start})
         if rank == 0:
             print(" ".join(f"{k}={v:.4g}" for k, v in history[-1].items()))
+            log_epoch(live, history[-1])
             if ckpt:
                 save_checkpoint(ckpt, epoch + 1, model, opt, sched, g, history, fingerprint)
-        if on_epoch_end:
-            on_epoch_end(epoch + 1)
+    if live:
+        live.end()
     return history
 
 
-def evaluate_sharded(model, val, data_cfg, device, precision):
+def open_live(live_dir, history=()):
+    """A dvclive logger in live_dir (None: no logging) that already holds `history`'s epochs:
+    after a resume the curves continue from the checkpoint's epochs instead of restarting."""
+    if not live_dir:
+        return None
+    from dvclive import Live
+    # Inside a DVC stage the metrics are declared in dvc.yaml: dvclive must neither write its own
+    # dvc.yaml nor make an experiment commit.
+    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    for row in history:
+        log_epoch(live, row)
+    return live
+
+
+def log_epoch(live, row):
+    if live is None:
+        return
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
+        live.log_metric(key, row[key])
+    live.next_step()
+
+
+def evaluate_sharded(model, val, data_cfg, device, precision, batch_size=128):
     """Val loss and top-1 with each rank predicting its own shard, summed over ranks."""
     rank, world = rank_and_world()
     images, labels = val[0][rank::world], val[1][rank::world]
-    logits, _ = predict(model, images, data_cfg, EVAL_BATCH_SIZE, device, precision)
+    logits, _ = predict(model, images, data_cfg, batch_size, device, precision)
     m = classification_metrics(logits, labels)
     loss_sum, correct, count = all_sum([m["loss"] * m["n"], m["top1"] * m["n"], m["n"]], device)
     return {"loss": loss_sum / count, "top1": correct / count}
@@ -234,9 +254,10 @@ def save_checkpoint(path, epoch, model, opt, sched, generator, history, fingerpr
         torch.save(state, tmp)
 
 
-def fit_linear_probe(model, train, val, cfg, data_cfg, device, precision, rank=0):
+def fit_linear_probe(model, train, val, recipe, data_cfg, device, precision, eval_batch_size=128, rank=0):
     """Linear probing without running the frozen backbone every epoch: features of the train and
     val images are extracted once (center view, no augmentation), then only the head trains."""
+    run_start = time.perf_counter()
     size = data_cfg["input_size"][-1]
     head = model.get_classifier()
     model.to(device)
@@ -245,22 +266,22 @@ def fit_linear_probe(model, train, val, cfg, data_cfg, device, precision, rank=0
         return model.forward_head(model.forward_features(x), pre_logits=True)  # (B, D)
     feats = {}
     for name, (images, labels) in (("train", (center_crop(train[0], size), train[1])), ("val", val)):
-        out, _ = predict(model, images, data_cfg, EVAL_BATCH_SIZE, device, precision,
+        out, _ = predict(model, images, data_cfg, eval_batch_size, device, precision,
                          desc=f"features {name}" if rank == 0 else None, forward=features)
         feats[name] = (out.to(device), labels.to(device))
     extract_seconds = time.perf_counter() - start
     x_train, y_train = feats["train"]
-    steps = max(1, len(x_train) // cfg["batch_size"])
-    opt, sched = make_optimizer(head, cfg, steps)
-    g = torch.Generator().manual_seed(cfg.get("seed", 0))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.get("label_smoothing", 0.0))
+    steps = max(1, len(x_train) // recipe.batch_size)
+    opt, sched = make_optimizer(head, recipe, steps)
+    g = torch.Generator().manual_seed(recipe.seed)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     history = []
-    for epoch in range(cfg["epochs"]):
+    for epoch in range(recipe.epochs):
         start = time.perf_counter()
         perm = torch.randperm(len(x_train), generator=g)
         totals = [0.0, 0.0, 0]
         for step in range(steps):
-            idx = perm[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]].to(device)
+            idx = perm[step * recipe.batch_size:(step + 1) * recipe.batch_size].to(device)
             logits = head(x_train[idx])
             loss = loss_fn(logits, y_train[idx])
             opt.zero_grad(set_to_none=True)
@@ -276,19 +297,19 @@ def fit_linear_probe(model, train, val, cfg, data_cfg, device, precision, rank=0
         history.append({"epoch": epoch + 1, "train_loss": totals[0] / totals[2],
                         "train_acc": totals[1] / totals[2], "val_loss": m["loss"], "val_acc": m["top1"],
                         "epoch_seconds": seconds, "images_per_s": totals[2] / seconds,
-                        "lr": sched.get_last_lr()[0]})
+                        "lr": sched.get_last_lr()[0], "elapsed_s": time.perf_counter() - run_start})
     return history
 
 
 # ---------------------------------------------------------------------------------------------
 # bookkeeping
 
-def fingerprint(params, method, train_file=None, train_labels=None):
+def fingerprint(cfg, method, train_file=None, train_labels=None):
     """Identifies a run: a checkpoint is resumed only by the run it was written by (same params,
     same training file, same training labels: a subset of the file is another run)."""
     h = hashlib.sha256()
-    h.update(json.dumps([params[method], params["model"], params["data"],
-                         params.get("train", {})], sort_keys=True, default=str).encode())
+    p = cfg.to_dict()
+    h.update(json.dumps([p[method], p["model"], p["data"], p["train"]], sort_keys=True, default=str).encode())
     if train_file:
         h.update(sha256_file(train_file).encode())
     if train_labels is not None:
@@ -316,9 +337,11 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_metrics(history, model, device, minutes, world_size=1):
-    """The flat metrics of a training run (metrics/train_<method>.json)."""
+def run_metrics(history, model, device, world_size=1):
+    """The flat metrics of a training run (metrics/train_<method>.json). train_minutes: the
+    training loop's wall-clock with its per-epoch val passes, over every process of a resumed run."""
     last = history[-1]
+    minutes = last["elapsed_s"] / 60
     seconds = sum(h["epoch_seconds"] for h in history)
     cuda = str(device).startswith("cuda")
     return {"epochs": len(history), "world_size": world_size, "hardware": machine(device),
@@ -330,8 +353,6 @@ def run_metrics(history, model, device, minutes, world_size=1):
 
 
 def parameter_counts(model):
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable_params": trainable, "total_params": total,
-            "trainable_pct": 100.0 * trainable / total}
-
+    """The record's three parameter columns, from the one counter (woof.models.count_parameters)."""
+    c = count_parameters(model)
+    return {"trainable_params": c["trainable"], "total_params": c["total"], "trainable_pct": c["trainable_pct"]}

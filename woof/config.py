@@ -1,0 +1,212 @@
+"""The pipeline's configuration: params.yaml read into one typed dataclass per section, checked
+before any expensive step.
+
+params.yaml is the one source of defaults: no field below has a default, so a missing key, a
+misspelt one or a value of the wrong kind is an error that names it (`ConfigError`), raised
+before data is read or a model is built. Code reads `cfg.lora.rank`, never `.get("rank", 8)`.
+"""
+import re
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from woof.errors import ParamError
+
+
+class ConfigError(ParamError):
+    """A param that is missing, unknown or out of range (the message names it)."""
+
+
+def _check(ok, must):
+    """Field metadata: a predicate on the (type-checked) value, and what it must be, for the error."""
+    return field(metadata={"ok": ok, "must": must})
+
+
+def _positive(must="a positive integer"):
+    return _check(lambda v: v >= 1, must)
+
+
+def _at_least_0():
+    return _check(lambda v: v >= 0, ">= 0")
+
+
+def _one_of(*choices):
+    return _check(lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def _regex(v):
+    try:
+        re.compile(v)
+        return True
+    except re.error:
+        return False
+
+
+@dataclass(frozen=True)
+class Fetch:
+    url: str
+    sha256: str | None = _check(lambda v: v is None or re.fullmatch(r"[0-9a-fA-F]{64}", v),
+                                "null or 64 hex digits")
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    weights: str | None  # a local file; null: timm's from the hub (or $WOOF_WEIGHTS)
+    head_init: str = _one_of("imagenet", "random")
+
+
+@dataclass(frozen=True)
+class Data:
+    split: str = _one_of("clean_test", "official")
+    # The model's own lower bound (its patch size) is checked in woof.models.check_image_size.
+    image_size: int = _check(lambda v: v >= 32, "an integer >= 32")
+    train_fraction: float = _check(lambda v: 0 < v <= 1, "in (0, 1]")
+    seed: int = _at_least_0()
+
+
+@dataclass(frozen=True)
+class Train:
+    precision: str = _one_of("fp32", "bf16")
+    device: str = _one_of("auto", "cpu", "cuda")
+    launcher: str = _check(lambda v: v.split()[:1] in (["python"], ["torchrun"]), '"python" or "torchrun ..."')
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a method trains: what train_full and train_lora share."""
+    epochs: int = _positive()
+    batch_size: int = _positive()
+    lr: float = _check(lambda v: v > 0, "> 0")
+    weight_decay: float = _at_least_0()
+    warmup_epochs: float = _at_least_0()
+    label_smoothing: float = _check(lambda v: 0 <= v < 1, "in [0, 1)")
+    crop_scale: tuple[float, float] = _check(lambda v: 0 < v[0] <= v[1] <= 1, "[min, max] with 0 < min <= max <= 1")
+    hflip: float = _check(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+    seed: int = _at_least_0()
+    trainable: list[str] = _check(bool, 'a non-empty list, e.g. [all] or [head]')
+
+
+@dataclass(frozen=True)
+class Full(Recipe):
+    freeze_blocks: int = _at_least_0()  # the model's own block count is checked in set_trainable
+    pretrained: bool
+
+
+@dataclass(frozen=True)
+class Lora(Recipe):
+    rank: int = _positive()
+    alpha: float = _check(lambda v: v > 0, "> 0")
+    dropout: float = _check(lambda v: 0 <= v < 1, "in [0, 1)")
+    rslora: bool
+    targets: str = _check(_regex, "a valid regular expression over module names")
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    batch_size: int = _positive()  # inference only: it changes speed, never results
+
+
+@dataclass(frozen=True)
+class Attention:
+    num_images: int = _positive()
+    seed: int = _at_least_0()
+
+
+@dataclass(frozen=True)
+class Cost:
+    batch_size: int = _positive()
+    freeze_blocks: int | None = _check(lambda v: v is None or v >= 1, "null or a positive integer")
+
+
+@dataclass(frozen=True)
+class Config:
+    fetch: Fetch
+    model: Model
+    data: Data
+    train: Train
+    full: Full
+    lora: Lora
+    evaluate: Evaluate
+    attention: Attention
+    cost: Cost
+
+    def method(self, name):
+        """The Recipe of a training method: "full" or "lora"."""
+        if name not in ("full", "lora"):
+            raise ConfigError(f"unknown training method {name!r}: full or lora")
+        return getattr(self, name)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing
+
+def _value(where, typ, v):
+    """v as `typ`, or a ConfigError naming `where`. YAML 1.1 reads 1e-3 (no dot) as a string:
+    numeric strings are accepted for floats."""
+    args = typing.get_args(typ)
+    if type(None) in args:  # X | None
+        return None if v is None else _value(where, next(a for a in args if a is not type(None)), v)
+    origin = typing.get_origin(typ)
+    if origin in (list, tuple):
+        n = len(args) if origin is tuple else None
+        if not isinstance(v, (list, tuple)) or (n and len(v) != n):
+            raise ConfigError(f"params.yaml: {where} must be a list{f' of {n}' if n else ''}, got {v!r}")
+        return origin(_value(f"{where}[{i}]", args[0], x) for i, x in enumerate(v))
+    if typ is float and isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        return v  # an integer is a number: kept as written (alpha: 16 stays 16 in names and tables)
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[typ]
+        raise ConfigError(f"params.yaml: {where} must be {kind}, got {v!r}")
+    return v
+
+
+def _section(cls, name, raw):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml: section {name} is missing (or not a mapping)")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"params.yaml: unknown key {name}.{unknown[0]} (the {name} section has "
+                          f"{', '.join(sorted(known))})")
+    hints, values = typing.get_type_hints(cls), {}
+    for f in fields(cls):
+        where = f"{name}.{f.name}"
+        if f.name not in raw:
+            raise ConfigError(f"params.yaml: {where} is missing")
+        v = _value(where, hints[f.name], raw[f.name])
+        if "ok" in f.metadata and not f.metadata["ok"](v):
+            raise ConfigError(f"params.yaml: {where} must be {f.metadata['must']}, got {raw[f.name]!r}")
+        values[f.name] = v
+    return cls(**values)
+
+
+def parse(params):
+    """A params dict (as in params.yaml) -> Config, or ConfigError naming the first bad param."""
+    if not isinstance(params, dict):
+        raise ConfigError("params.yaml must be a mapping of sections")
+    hints = typing.get_type_hints(Config)
+    unknown = sorted(set(params) - set(hints))
+    if unknown:
+        raise ConfigError(f"params.yaml: unknown section {unknown[0]} (expected {', '.join(hints)})")
+    cfg = Config(**{name: _section(cls, name, params.get(name)) for name, cls in hints.items()})
+    if cfg.full.warmup_epochs > cfg.full.epochs or cfg.lora.warmup_epochs > cfg.lora.epochs:
+        bad = "full" if cfg.full.warmup_epochs > cfg.full.epochs else "lora"
+        raise ConfigError(f"params.yaml: {bad}.warmup_epochs must be <= {bad}.epochs")
+    return cfg
+
+
+def load(path="params.yaml"):
+    """params.yaml -> Config (validated)."""
+    from woof.io import load_params
+    if not Path(path).exists():
+        raise ConfigError(f"{path} not found: run from the project's folder")
+    return parse(load_params(path))
