@@ -3,7 +3,8 @@
 #   1. the pipeline's stages, in dvc.yaml's order, on the 300-image mini set with
 #      train.device=$DEVICE (no DVC there: a GPU image seldom has it, so the stages are called
 #      directly; the real 160 px archive, 124 MB, is larger than what the device tool carries),
-#   2. `python -m woof.bench all` on $DEVICE (eager fp32 and bf16 rows, % of the matmul peak),
+#   2. `python -m woof.bench all` and `settings` on $DEVICE (fp32/bf16 x eager/compiled rows, % of
+#      the matmul peak per precision),
 # and writes $OUT/gpu_check.md (img/s, minutes, peak memory per method, then the bench table).
 #
 # Prepare here with `make gpu-prepare` (copies the mini set and the weights into .gpu/, which git
@@ -46,6 +47,7 @@ done
 pipeline_s=$(( $(date +%s) - start ))
 
 $PY -m woof.bench all --device "$DEVICE" --steps "$BENCH_STEPS" --warmup 2 > "$OUT/bench.md"
+$PY -m woof.bench settings --device "$DEVICE" --steps "$BENCH_STEPS" --warmup 2 >> "$OUT/bench.md"
 
 OUT=$OUT PIPELINE_S=$pipeline_s DEVICE=$DEVICE $PY - <<'PYEOF'
 import json, os

@@ -24,10 +24,11 @@ def main(params_path="params.yaml", out="metrics/cost.json"):
         return create_model(name, num_classes=10, img_size=image_size, pretrained=False)
 
     methods = analysis.methods_from_params(cfg, blocks=num_blocks(factory()))
-    table = analysis.cost_table(factory, methods, batch_size=cfg.cost.batch_size, image_size=image_size)
+    table = analysis.cost_table(factory, methods, batch_size=cfg.cost.batch_size, image_size=image_size,
+                                recipe=cfg.full)
     # The worked example: LeNet-5 on one 28x28 grey image, small enough to check by hand.
     table["lenet5"] = analysis.cost_table(analysis.LeNet5, analysis.LENET_METHODS, batch_size=1, image_size=28,
-                                          in_chans=1)
+                                          recipe=cfg.full, in_chans=1)
     write_json(out, table)
     print(analysis.format_table({k: v for k, v in table.items() if k != "lenet5"}))
     print("LeNet-5 (batch 1, 28x28 grey):\n" + analysis.format_table(table["lenet5"]))

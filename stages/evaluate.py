@@ -5,7 +5,7 @@ and how far fine-tuning moved the weights from the pretrained ones (metrics/drif
 from woof import config, drift
 from woof.data import load_classes, load_eval_splits
 from woof.errors import run_stage
-from woof.evaluate import evaluate_models
+from woof.evaluate import evaluate_models, resolve_precision
 from woof.io import atomic_path, write_csv, write_json
 from woof.models import create_model, load_model, pretrained_weights
 
@@ -22,7 +22,7 @@ def main():
     models.update({m: load_model(f"models/{m}")[0] for m in ("full", "lora")})
     metrics, per_class, predictions = evaluate_models(
         models, splits, [c["name"] for c in classes], cfg.data.image_size, cfg.evaluate.batch_size,
-        cfg.train.precision)
+        resolve_precision(cfg.train.precision, "cpu"), cfg.train.compile)
     with atomic_path(PREDICTIONS, is_dir=True) as tmp:
         for split, by_model in predictions.items():
             for method, rows in by_model.items():

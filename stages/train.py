@@ -12,7 +12,7 @@ from woof import config
 from woof.data import load_classes, load_split, sha256_file
 from woof.errors import ParamError, run_stage
 from woof.io import write_csv, write_json
-from woof.models import check_image_size, pretrained_weights, save_model
+from woof.models import pretrained_weights, save_model
 from woof.train import init_distributed, train_method
 
 TRAIN = "data/prepared/train.safetensors"
@@ -21,8 +21,7 @@ TRAIN = "data/prepared/train.safetensors"
 def main(method):
     if method not in ("full", "lora"):
         raise ParamError(f"usage: python -m stages.train full|lora (got {method!r})")
-    cfg = config.load()
-    check_image_size(cfg.model.name, cfg.data.image_size)
+    cfg = config.load()  # data.image_size was checked against the model by preprocess
     rank, world, device = init_distributed(cfg.train.device)
     classes = load_classes("data/prepared/classes.json")
     train, val = load_split(TRAIN), load_split("data/prepared/val.safetensors")  # never test

@@ -11,8 +11,10 @@ from torch import nn
 
 from conftest import ROOT, LeNet5
 from woof import analysis, config
-from woof.models import count_parameters
-from woof.models import create_model, num_blocks
+from woof.models import count_parameters, create_model, num_blocks
+from woof.step import Method
+
+RECIPE = config.load(ROOT / "params.yaml").full  # the optimiser's settings: they change no count
 
 FULL, PROBE, LORA = (analysis.LENET_METHODS[k] for k in ("full", "linear_probe", "lora"))
 
@@ -23,10 +25,10 @@ def counts(model):
 
 
 def test_lenet_parameter_counts():
-    assert counts(analysis.prepare(LeNet5(), FULL)) == (44_426, 44_426)
-    assert counts(analysis.prepare(LeNet5(), PROBE)) == (44_426, 850)
+    assert counts(FULL.prepare(LeNet5())) == (44_426, 44_426)
+    assert counts(PROBE.prepare(LeNet5())) == (44_426, 850)
     # 2*(256+120) + 2*(120+84) + 2*(84+10): adapters only, the base stays frozen.
-    assert counts(analysis.prepare(LeNet5(), LORA)) == (44_426 + 1_348, 1_348)
+    assert counts(LORA.prepare(LeNet5())) == (44_426 + 1_348, 1_348)
 
 
 def test_linear_flops():
@@ -37,7 +39,7 @@ def test_linear_flops():
 
 def test_cost_table_on_lenet():
     methods = {"full": FULL, "linear_probe": PROBE, "lora": LORA}
-    table = analysis.cost_table(LeNet5, methods, batch_size=8, image_size=28, in_chans=1)
+    table = analysis.cost_table(LeNet5, methods, batch_size=8, image_size=28, recipe=RECIPE, in_chans=1)
     full, probe, lora = table["full"], table["linear_probe"], table["lora"]
     assert full["total_params"] == 44_426 and probe["trainable_params"] == 850
     # A frozen backbone skips weight gradients and the backward below fc3.
@@ -58,23 +60,24 @@ def test_cost_table_on_lenet():
     assert rows == ["full", "linear_probe", "lora"]
 
 
-def test_live_tensor_memory_counts_allocations():
-    with analysis.LiveTensorMemory() as mem:
+def test_peak_tensor_bytes_replays_allocations_and_frees():
+    kept = torch.zeros(256)  # 1 KiB alive before the call, counted once although passed twice
+
+    def fn():
         a = torch.zeros(1024)  # 4 KiB
         b = torch.zeros(2048)  # 8 KiB
         del a
-        c = torch.zeros(512)  # 2 KiB
-    assert mem.peak == 4096 + 8192
-    assert mem.current == 8192 + 2048
-    del b, c
+        c = torch.zeros(512)  # 2 KiB once a is freed: the peak stays at 12 KiB
+        return b, c
+    assert analysis.peak_tensor_bytes(fn, [kept, kept[:10]]) == 1024 + 4096 + 8192
 
 
 def test_freeze_blocks_on_tiny_vit():
     # A 4-block ViT-Tiny keeps the test fast; the accounting does not depend on depth.
     make = lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,  # noqa: E731
                                      depth=4, num_classes=10)
-    methods = {"full": {}, "frozen": {"freeze_blocks": 2}, "linear_probe": {"trainable": ["head"]}}
-    table = analysis.cost_table(make, methods, batch_size=2, image_size=32)
+    methods = {"full": Method(), "frozen": Method(freeze_blocks=2), "linear_probe": Method(("head",))}
+    table = analysis.cost_table(make, methods, batch_size=2, image_size=32, recipe=RECIPE)
     full, frozen, probe = table["full"], table["frozen"], table["linear_probe"]
     assert probe["trainable_params"] == 192 * 10 + 10
     assert probe["trainable_params"] < frozen["trainable_params"] < full["trainable_params"]
@@ -90,7 +93,7 @@ def test_cost_stage_on_resnet18(tmp_path):
     params["model"]["name"], params["data"]["image_size"] = "resnet18", 32
     params["lora"].update(targets=r"layer\d\.\d\.conv[12]", rank=2, alpha=4, trainable=["head"])
     params["cost"].update(batch_size=2, freeze_blocks=6)
-    assert analysis.methods_from_params(config.parse(params), blocks=4)["frozen"] == {"freeze_blocks": 4}
+    assert analysis.methods_from_params(config.parse(params), blocks=4)["frozen"] == Method(freeze_blocks=4)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "cost.json"
     # runpy: the stage script as dvc runs it, without needing the repository root on sys.path
@@ -116,7 +119,7 @@ def test_methods_without_numbered_blocks_have_no_frozen_row():
     assert num_blocks(LeNet5()) == 0
     assert set(analysis.methods_from_params(config.parse(params), blocks=0)) == {"full", "linear_probe", "lora"}
     params["cost"]["freeze_blocks"] = None  # null: half the blocks
-    assert analysis.methods_from_params(config.parse(params), blocks=12)["frozen"] == {"freeze_blocks": 6}
+    assert analysis.methods_from_params(config.parse(params), blocks=12)["frozen"] == Method(freeze_blocks=6)
 
 
 # ---- woof.models: the model factory the cost stage uses

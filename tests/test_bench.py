@@ -53,7 +53,7 @@ def test_head_to_head_pairs_ours_with_peft_on_the_same_configuration():
     del results[f"LoRA PEFT {config}"]
     assert bench.head_to_head(results) == ""
     # HEAD_TO_HEAD finds its rows by name: a renamed row would drop its line without a word.
-    names = set(bench.LORA_ROWS) | set(bench.ALL_ROWS)
+    names = set(bench.LORA_ROWS) | set(bench.ALL_ROWS) | set(bench.SETTING_ROWS)
     for config in bench.HEAD_TO_HEAD:
         assert {f"LoRA ours {config}", f"LoRA PEFT {config}"} <= names, config
 
@@ -74,3 +74,18 @@ def test_gpu_check_refuses_without_its_inputs(tmp_path):
 def test_bench_names_the_kernels_it_found():
     from woof.bench import kernels
     assert kernels("cpu").startswith("CPU capability ") and "oneDNN bf16 " in kernels("cpu")
+
+
+def test_settings_summary_finds_the_fastest_setting_and_pairs_lora_with_the_bound():
+    base = [1.0 + 0.01 * i for i in range(8)]
+    speed = {"eager fp32": 1.0, "compiled fp32": 1.1, "eager bf16": 1.3, "compiled bf16": 1.5}
+    results = {f"full fine-tuning, {s}": {"times": [t / v for t in base]} for s, v in speed.items()}
+    results["LoRA ours r=8 qkv+proj+fc1+fc2 +head, compiled bf16"] = {"times": [t / 1.8 for t in base]}
+    results["bound, compiled bf16"] = {"times": [t / 2.0 for t in base]}
+    lines = bench.settings_summary(results).splitlines()
+    assert lines[:4] == [f"- full fine-tuning, {s}: {v:.2f}x eager fp32" for s, v in speed.items()]
+    assert lines[4] == ("- fastest setting for full fine-tuning: compiled bf16; there LoRA runs at 0.90x "
+                        "the no-adapter bound's speed and 1.20x full fine-tuning's")
+    assert set(bench.SETTING_ROWS) >= set(results)  # the summary finds its rows by these names
+    del results["full fine-tuning, eager bf16"]
+    assert bench.settings_summary(results) == ""

@@ -28,6 +28,7 @@ def project(archive, random_weights, tmp_path, monkeypatch):
     params["data"]["image_size"] = 32
     for method in ("full", "lora"):
         params[method].update(epochs=1, batch_size=8)
+    params["train"].update(precision="fp32", compile=False)  # the pipeline as the programme's runs train
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     raw = fetch(archive, tmp_path / "data" / "raw")
     cfg = data_config(create_model("vit_tiny_patch16_224", img_size=32, pretrained=False), 32)
@@ -121,7 +122,7 @@ def test_every_programme_run_overrides_real_params():
     assert pd.Series(names).str.contains("seed").sum() == 0  # seeds come from the record
 
 
-def test_adopt_records_the_pipeline_runs(project):
+def test_adopt_records_the_pipeline_runs(project, monkeypatch):
     """The pipeline's train_full/train_lora are the programme's default-config runs: adopted with
     their numbers and per-image predictions instead of being trained again."""
     from woof.data import load_eval_splits
@@ -148,6 +149,18 @@ def test_adopt_records_the_pipeline_runs(project):
     assert list(record.index) == ["full-lr5e-05", "lora-r8"]
     assert record.loc["full-lr5e-05", "test_top1"] == pytest.approx(27 / 30)
     assert record.loc["lora-r8", "train_images"] == 40 and record.loc["lora-r8", "peak_memory_mb"] == 999.0
+    # Under the throughput defaults the same trainings are the precision block's runs: the
+    # programme's own runs stay pinned to fp32 eager, so full-lr5e-05 is not the pipeline's any more.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(precision="auto", compile=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert programme.programme_base()["train"] == {**params["train"], "precision": "fp32", "compile": False}
+    fast = [programme.Run("fast-full", "precision", "full", programme.FAST),
+            programme.Run("fast-lora", "precision", "lora", programme.FAST)]
+    monkeypatch.setattr(programme, "programme", lambda: RUNS + fast)
+    programme.adopt()
+    record = programme.read_record().set_index("name")
+    assert list(record.index) == ["full-lr5e-05", "lora-r8", "fast-full", "fast-lora"]
     details = json.loads((project / "metrics/experiments/lora-r8.json").read_text())
     assert details["correct"]["test"] == "1" * 24 + "0" * 6
     assert "zero-shot" in {r.name for r in programme.todo(programme.read_record())}

@@ -1,10 +1,11 @@
 """What each fine-tuning method costs: parameters, FLOPs and memory.
 
-A method is a small dict saying what trains (see `prepare`):
-    {}                                        full fine-tuning: everything trains
-    {"trainable": ["head"]}                   linear probing: only the classifier trains
-    {"freeze_blocks": 6}                      the first 6 blocks (and the embeddings) are frozen
-    {"lora": {"targets": ..., "rank": 8, "alpha": 16}}   LoRA adapters (+ whatever lora.trainable names)
+A method is a woof.step.Method saying what trains, and a step is woof.step.train_step with the
+pipeline's optimiser: the training loop and the benchmark use the same two definitions.
+    Method()                                   full fine-tuning: everything trains
+    Method(("head",))                          linear probing: only the classifier trains
+    Method(freeze_blocks=6)                    the first 6 blocks (and the embeddings) are frozen
+    Method(("head",), lora={"targets": ..., "rank": 8, "alpha": 16})   LoRA adapters (+ the head)
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode, which sees every aten op that
 actually runs, so a frozen backbone's cheaper backward (no weight gradients, and no input
@@ -17,23 +18,26 @@ Memory, in MB (2**20 bytes), has two sides:
              AdamW state (exp_avg + exp_avg_sq: 2 x trainable, fp32 = 8 bytes per trainable
              parameter) and activations = the tensors autograd saves for backward in one forward
              pass (unique storages, parameters excluded), recorded with saved_tensors_hooks.
-  measured   the peak of live tensor memory over two AdamW training steps. On CPU it is tracked
-             by `LiveTensorMemory`, a TorchDispatchMode adding up the storage bytes of every
-             tensor alive (parameters, buffers, inputs, activations, gradients, optimiser state,
-             temporaries); on CUDA it is torch.cuda.max_memory_allocated (allocator blocks, so a
-             little higher). Neither counts the framework's own overhead (CUDA context, Python).
+  measured   the peak tensor memory of a training step once AdamW holds its state
+             (`peak_tensor_bytes`, which the benchmark uses too): the storages alive before
+             the step plus the step's own peak above them. On CPU there is no allocator
+             counter, so the step runs under torch.profiler(profile_memory=True) and its
+             allocator events (every allocation and free, in time order) are replayed; on CUDA
+             it is torch.cuda.max_memory_allocated (allocator blocks, so a little higher).
+             Neither counts the framework's own overhead (CUDA context, Python, oneDNN scratch).
 """
+import contextlib
 import gc
-import weakref
+import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from woof.lora import apply_lora, lora_modules, merge_lora
-from woof.models import count_parameters, set_trainable
+import woof.step
+from woof.lora import lora_modules, merge_lora
+from woof.models import count_parameters
+from woof.step import Method, make_optimizer
 
 MB = 2 ** 20
 
@@ -56,19 +60,8 @@ class LeNet5(nn.Module):
 
 
 # Full fine-tuning, probing the last layer, LoRA r=2 on the three linear layers (1,348 adapter parameters).
-LENET_METHODS = {"full": {}, "linear_probe": {"trainable": ["fc3"]},
-                 "lora": {"lora": {"targets": ["fc1", "fc2", "fc3"], "rank": 2, "alpha": 2, "trainable": ()}}}
-
-
-def prepare(model, method):
-    """Set requires_grad (and add adapters) on a fresh model for one method; returns the model."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if "lora" in method:
-        cfg = dict(method["lora"])
-        # apply_lora freezes the base model itself; lora.trainable says what else trains.
-        return apply_lora(model, cfg.pop("targets"), cfg.pop("rank"), cfg.pop("alpha"), **cfg)
-    return set_trainable(model, method.get("trainable", ["all"]), method.get("freeze_blocks", 0))
+LENET_METHODS = {"full": Method(), "linear_probe": Method(("fc3",)),
+                 "lora": Method((), lora={"targets": ["fc1", "fc2", "fc3"], "rank": 2, "alpha": 2})}
 
 
 def count_flops(fn):
@@ -82,19 +75,28 @@ def _batch(batch_size, image_size, in_chans, device="cpu"):
     return torch.randn(batch_size, in_chans, image_size, image_size, device=device)  # (B, C, S, S)
 
 
-def _train_step(model, x):
-    out = model(x)  # (B, num_classes)
-    target = torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
-    loss = F.cross_entropy(out, target)
-    loss.backward()
-    return loss
+def _step(model, batch_size, image_size, in_chans, recipe, device="cpu"):
+    """One training step of `model` as the pipeline takes it (woof.step.train_step, the
+    pipeline's optimiser), on a random batch, as a closure; .alive(): the tensors it keeps."""
+    x = _batch(batch_size, image_size, in_chans, device)
+    y = torch.zeros(batch_size, dtype=torch.long, device=device)
+    optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=1000)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+    def step():
+        woof.step.train_step(model, x, y, loss_fn, optimizer, scheduler)
+
+    def alive():
+        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return [*model.parameters(), *model.buffers(), *state, x, y]
+    step.alive = alive
+    return step
 
 
-def train_flops(model, batch_size, image_size, in_chans=3):
-    """FLOPs of one training step (forward + backward) on a batch."""
+def train_flops(model, batch_size, image_size, recipe, in_chans=3):
+    """FLOPs of one training step (forward + backward; the optimiser's are not counted) on a batch."""
     model.train()
-    x = _batch(batch_size, image_size, in_chans)
-    flops = count_flops(lambda: _train_step(model, x))
+    flops = count_flops(_step(model, batch_size, image_size, in_chans, recipe))
     model.zero_grad(set_to_none=True)
     return flops
 
@@ -126,75 +128,59 @@ def activation_bytes(model, batch_size, image_size, in_chans=3):
     return sum(seen.values())
 
 
-class LiveTensorMemory(TorchDispatchMode):
-    """Peak bytes of live tensor storage, counted op by op (a CPU stand-in for max_memory_allocated).
-
-    Every storage an op returns is counted once, until Python frees it (weakref callback).
-    Tensors that existed before the mode (parameters, buffers) are added with `track`.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.live = {}  # id(storage) -> (weakref, nbytes)
-        self.current = 0
-        self.peak = 0
-
-    def track(self, t):
-        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-            return
-        st = t.untyped_storage()
-        key = id(st)
-        if key in self.live:
-            return
-        nbytes = st.nbytes()
-
-        def free(_ref, key=key, nbytes=nbytes):
-            if self.live.pop(key, None) is not None:
-                self.current -= nbytes
-
-        self.live[key] = (weakref.ref(st, free), nbytes)
-        self.current += nbytes
-        self.peak = max(self.peak, self.current)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            self.track(t)
-        return out
+def _distinct_bytes(tensors):
+    """Bytes of distinct storages (views and shared weights count once)."""
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
 
-def measured_peak_bytes(model, batch_size, image_size, in_chans=3, device="cpu", steps=2):
-    """Peak memory of `steps` AdamW training steps (the second step already holds optimiser state)."""
-    model.to(device).train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=1e-6)
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto writes 'profiler_start/stop' lines (and GPU probing errors) straight to fd 2."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
-    def run():
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            x = _batch(batch_size, image_size, in_chans, device)
-            _train_step(model, x)
-            opt.step()
 
-    if torch.device(device).type == "cuda":
-        gc.collect()  # earlier methods' tensors must not count towards this one's peak
+def peak_tensor_bytes(fn, alive=(), device="cpu"):
+    """Peak tensor memory of one call of fn(): the distinct storages of `alive` (what exists
+    between calls: weights, optimiser state, batch) plus the call's own peak above them."""
+    device = torch.device(device)
+    before = _distinct_bytes(alive)
+    if device.type == "cuda":
+        gc.collect()  # earlier tensors freed late must not count
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        run()
+        start = torch.cuda.memory_allocated(device)
+        fn()
         torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        tracker = LiveTensorMemory()
-        for t in list(model.parameters()) + list(model.buffers()):
-            tracker.track(t)
-        with tracker:
-            run()
-        peak = tracker.peak
-    opt.zero_grad(set_to_none=True)  # the model outlives this call: do not leave it holding grads
+        return before + torch.cuda.max_memory_allocated(device) - start
+    from torch.profiler import ProfilerActivity, profile
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return before + peak
+
+
+def measured_peak_bytes(model, batch_size, image_size, recipe, in_chans=3, device="cpu"):
+    """Peak tensor memory of a training step that already has AdamW state (the second step)."""
+    model.to(device).train()
+    step = _step(model, batch_size, image_size, in_chans, recipe, device)
+    step()  # creates the optimiser state
+    peak = peak_tensor_bytes(step, step.alive(), device)
+    model.zero_grad(set_to_none=True)  # the model outlives this call: do not leave it holding grads
     return peak
 
 
-def method_cost(model, batch_size, image_size, in_chans=3, device="cpu"):
+def method_cost(model, batch_size, image_size, recipe, in_chans=3, device="cpu"):
     """Cost of one prepared model (requires_grad already set for its method)."""
     counts = count_parameters(model)
     weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
@@ -205,7 +191,7 @@ def method_cost(model, batch_size, image_size, in_chans=3, device="cpu"):
     row = {
         "total_params": counts["total"],
         "trainable_params": counts["trainable"],
-        "train_flops": train_flops(model, batch_size, image_size, in_chans),
+        "train_flops": train_flops(model, batch_size, image_size, recipe, in_chans),
         "inference_flops": inference_flops(_for_inference(model), image_size, in_chans),
         "weights_mb": weight_bytes / MB,
         "grads_mb": grad_bytes / MB,
@@ -213,7 +199,7 @@ def method_cost(model, batch_size, image_size, in_chans=3, device="cpu"):
         "activations_mb": act_bytes / MB,
     }
     row["analytic_total_mb"] = row["weights_mb"] + row["grads_mb"] + row["optimizer_mb"] + row["activations_mb"]
-    row["measured_peak_mb"] = measured_peak_bytes(model, batch_size, image_size, in_chans, device) / MB
+    row["measured_peak_mb"] = measured_peak_bytes(model, batch_size, image_size, recipe, in_chans, device) / MB
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
 
 
@@ -222,17 +208,18 @@ def _for_inference(model):
     return merge_lora(model) if lora_modules(model) else model  # a merged copy: model keeps its adapters
 
 
-def cost_table(model_factory, methods, batch_size, image_size, in_chans=3, device="cpu"):
-    """{method name: costs} for each method, each on a fresh model from model_factory()."""
+def cost_table(model_factory, methods, batch_size, image_size, recipe, in_chans=3, device="cpu"):
+    """{method name: costs} for each woof.step.Method, each on a fresh model from model_factory();
+    recipe: the optimiser's settings (woof.config.Recipe; they change no count)."""
     table = {}
     for name, method in methods.items():
-        model = prepare(model_factory(), method)
-        table[name] = method_cost(model, batch_size, image_size, in_chans, device)
+        model = method.prepare(model_factory())
+        table[name] = method_cost(model, batch_size, image_size, recipe, in_chans, device)
         # Say which rank / k the row is about, so a metrics diff shows it next to the numbers.
-        if "lora" in method:
-            table[name]["rank"] = method["lora"]["rank"]
-        if method.get("freeze_blocks"):
-            table[name]["freeze_blocks"] = method["freeze_blocks"]
+        if method.lora:
+            table[name]["rank"] = method.lora["rank"]
+        if method.freeze_blocks:
+            table[name]["freeze_blocks"] = method.freeze_blocks
         del model
     return table
 
@@ -245,12 +232,9 @@ def methods_from_params(cfg, blocks):
     setting works for every model (ViT-Tiny has 12 blocks, a ResNet 4 stages). A model without
     numbered blocks has no frozen-k row."""
     freeze = min(cfg.cost.freeze_blocks or max(1, blocks // 2), blocks)
-    lora = cfg.lora
-    lora_cfg = {"targets": lora.targets, "rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
-                "rslora": lora.rslora, "trainable": lora.trainable}
-    methods = {"full": {}, "linear_probe": {"trainable": ["head"]}, "lora": {"lora": lora_cfg}}
+    methods = {"full": Method(), "linear_probe": Method(("head",)), "lora": Method.of(cfg.lora)}
     if freeze:
-        methods["frozen"] = {"freeze_blocks": freeze}
+        methods["frozen"] = Method(freeze_blocks=freeze)
     return methods
 
 

@@ -1,9 +1,11 @@
 """Benchmarks that print Markdown tables: `python -m woof.bench lora` (or `all`).
 
-A row is a name and a function `setup(model, batch) -> step`: it prepares a fresh model its own
-way (freezing, adapters, ...) and returns a closure that runs one unit of work, usually
-`train_step(model, batch)` (forward, backward, AdamW). Every row gets the same initial weights and
-the same batch, so rows differ only by the method. To add rows, add entries to a dict in SUITES.
+A row is a name and a function `setup(model, batch) -> step`: it prepares a fresh model, usually
+with a woof.step.Method, and returns a closure that runs one unit of work, usually the pipeline's
+own training step (woof.step.train_step with woof.step.make_optimizer, in the row's precision,
+compiled or not), so the table measures what `dvc repro` runs. Every row gets the same initial
+weights and the same batch, so rows differ only by the method. To add rows, add entries to a dict
+in SUITES; `settings` holds eager/compiled x fp32/bf16 for full, LoRA and the no-adapter bound.
 
 Throughput: a few warmup calls, then the median of timed calls, the rows taking turns call by call
 (this CPU is shared: interleaving spreads another process's load over all rows alike, the median
@@ -18,40 +20,42 @@ Both count tensor memory from PyTorch's allocator, not the process RSS (librarie
 e.g. oneDNN scratch space, are not included).
 """
 import argparse
-import contextlib
 import os
 import statistics
 import time
 
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
 
-from woof.analysis import count_flops
+import woof.step
+from woof import config
+from woof.analysis import count_flops, peak_tensor_bytes
 from woof.data import normalize, random_resized_crop_flip
-from woof.lora import apply_lora, lora_modules
-from woof.models import count_parameters
-from woof.models import create_model, set_trainable
+from woof.evaluate import autocast, compile_unavailable, compiled, native_bf16
+from woof.lora import lora_modules
+from woof.models import count_parameters, create_model
+from woof.step import Method, make_optimizer
 from woof.train import machine
 
 ALL_LINEAR = r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 QKV = r"blocks\.\d+\.attn\.qkv"
 
 
-def train_step(model, batch, lr=1e-3, autocast=None):
-    """One AdamW training step on `batch` as a closure (autocast: e.g. torch.bfloat16).
+def train_step(model, batch, precision="fp32", compile=False, recipe=None):
+    """The pipeline's training step (woof.step.train_step with woof.train's optimiser, schedule
+    and label-smoothed loss, from params.yaml's full recipe) on `batch`, as a closure.
 
     The closure carries what the table needs: `images` per call, the `model` (parameter counts)
     and the tensors `alive` between calls (for peak memory)."""
     images, labels = batch
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    recipe = recipe or config.load().full
+    optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=1000)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    forward = compiled(model, compile, images.device)
     model.train()
 
     def step():
-        with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        woof.step.train_step(forward, images, labels, loss_fn, optimizer, scheduler, precision)
 
     def alive():
         state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
@@ -84,44 +88,10 @@ def time_steps(steps, n=20, warmup=3, device="cpu"):
     return times
 
 
-def _distinct_bytes(tensors):
-    """Bytes of distinct storages (views and shared weights count once)."""
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Kineto writes 'profiler_start/stop' lines (and GPU probing errors) straight to fd 2."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def peak_memory_mb(step, device="cpu"):
-    """Peak tensor memory of one call of `step`: the tensors alive between calls (`step.alive()`,
-    when the closure has it) plus the call's own peak above them."""
-    device = torch.device(device)
-    before = _distinct_bytes(step.alive()) if hasattr(step, "alive") else 0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        step()
-        _sync(device)
-        return (before + torch.cuda.max_memory_allocated(device) - start) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        live += e.nbytes()  # negative for a free
-        peak = max(peak, live)
-    return (before + peak) / 2**20
+    """Peak tensor memory of one call of `step`, the tensors alive between calls included
+    (woof.analysis.peak_tensor_bytes: the cost stage's measure)."""
+    return peak_tensor_bytes(step, step.alive() if hasattr(step, "alive") else (), device) / 2**20
 
 
 def measure(step, times, device="cpu"):
@@ -138,35 +108,37 @@ def measure(step, times, device="cpu"):
 
 # ---- rows: setup(model, batch) -> step closure
 
-def _full(model, batch):
-    return train_step(model, batch)
-
-
-def _ours(targets, rank=8, alpha=16, fused=True):
+def _method(method, precision="fp32", compile=False):
+    """A row that trains a woof.step.Method exactly as the pipeline does."""
     def setup(model, batch):
-        apply_lora(model, targets, rank=rank, alpha=alpha, trainable=("head",))
-        for _, m in lora_modules(model):
-            m.fused = fused  # False: the two-branch formulation (PEFT's), as an ablation
-        return train_step(model, batch)
+        return train_step(method.prepare(model), batch, precision, compile)
     return setup
 
 
-def _peft(targets, rank=8, alpha=16):
+FULL = Method()
+LORA_ALL = Method(("head",), lora={"targets": ALL_LINEAR, "rank": 8, "alpha": 16})
+LORA_QKV = Method(("head",), lora={"targets": QKV, "rank": 8, "alpha": 16})
+# The least any adapter method can cost: the frozen network's forward and its input gradients
+# (2 of the 3 matmuls of each linear layer), no adapter at all. Training the position embedding
+# makes backpropagation run through every block; only the head learns otherwise.
+BOUND = Method(("pos_embed", "head"))
+
+
+def _two_branch(model, batch):
+    """Ablation: our LoRA layers computing the adapter as a separate low-rank branch (PEFT's
+    formulation) instead of one matmul with the merged weight."""
+    for _, m in lora_modules(LORA_ALL.prepare(model)):
+        m.fused = False
+    return train_step(model, batch)
+
+
+def _peft(targets, rank=8, alpha=16, precision="fp32", compile=False):
     def setup(model, batch):
         from peft import LoraConfig, get_peft_model  # a dev dependency: only the benchmark needs it
-        config = LoraConfig(target_modules=targets, r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                            modules_to_save=["head"])
-        return train_step(get_peft_model(model, config), batch)
+        peft_config = LoraConfig(target_modules=targets, r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                 modules_to_save=["head"])
+        return train_step(get_peft_model(model, peft_config), batch, precision, compile)
     return setup
-
-
-def _bound(model, batch):
-    """The least any adapter method can cost: the frozen network's forward and its input gradients
-    (2 of the 3 matmuls of each linear layer), no adapter at all. Training the position embedding
-    makes backpropagation run through every block; only the head learns otherwise."""
-    for name, p in model.named_parameters():
-        p.requires_grad_(name == "pos_embed" or name.startswith("head."))
-    return train_step(model, batch)
 
 
 def _adapters_frozen(model, batch):
@@ -176,65 +148,62 @@ def _adapters_frozen(model, batch):
     adapter gradients cost. The position embedding trains, as in "bound", so that
     backpropagation still runs through every block (down to block 0's input, which "ours" skips:
     if anything, the gap understates that cost)."""
-    return _bound(apply_lora(model, ALL_LINEAR, rank=8, alpha=16, trainable=("head",)), batch)
+    model = LORA_ALL.prepare(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name == "pos_embed" or name.startswith("head."))
+    return train_step(model, batch)
 
 
 LORA_ROWS = {
-    "full fine-tuning": _full,
-    "LoRA ours r=8 qkv+proj+fc1+fc2 +head": _ours(ALL_LINEAR),
+    "full fine-tuning": _method(FULL),
+    "LoRA ours r=8 qkv+proj+fc1+fc2 +head": _method(LORA_ALL),
     "LoRA PEFT r=8 qkv+proj+fc1+fc2 +head": _peft(ALL_LINEAR),
-    "LoRA ours r=8 qkv +head": _ours(QKV),
+    "LoRA ours r=8 qkv +head": _method(LORA_QKV),
     "LoRA PEFT r=8 qkv +head": _peft(QKV),
-    "ablation: ours r=8 qkv+proj+fc1+fc2, two-branch (fused=False)": _ours(ALL_LINEAR, fused=False),
+    "ablation: ours r=8 qkv+proj+fc1+fc2, two-branch (fused=False)": _two_branch,
     "ablation: ours r=8 qkv+proj+fc1+fc2, adapters frozen (no rank-r gradient products)": _adapters_frozen,
-    "bound: no adapter, backprop through the frozen blocks": _bound,
+    "bound: no adapter, backprop through the frozen blocks": _method(BOUND),
 }
+
+# ---- issue 22 rows: full, LoRA and the no-adapter bound in every setting of train.precision x
+# train.compile, to choose the defaults by measurement.
+SETTINGS = {"eager fp32": ("fp32", False), "compiled fp32": ("fp32", True),
+            "eager bf16": ("bf16", False), "compiled bf16": ("bf16", True)}
+SETTING_ROWS = {f"{name}, {setting}": _method(method, *SETTINGS[setting])
+                for setting in SETTINGS
+                for name, method in (("full fine-tuning", FULL), ("LoRA ours r=8 qkv+proj+fc1+fc2 +head", LORA_ALL),
+                                     ("bound", BOUND))}
+# PEFT at the extremes (its compile takes minutes on 2 cores): ours against it in the same setting.
+SETTING_ROWS.update({f"LoRA PEFT r=8 qkv+proj+fc1+fc2 +head, {setting}": _peft(ALL_LINEAR, 8, 16, *SETTINGS[setting])
+                     for setting in ("eager fp32", "compiled bf16")})
 
 
 # ---- issue 6 rows: every method in fp32 and bf16, the linear probe with and without cached
 # features, frozen-k, and the input pipeline alone.
 
-def _bf16(setup):
-    """The same row under bf16 autocast: set up as in fp32, then step with autocast."""
-    def bf16_setup(model, batch):
-        return train_step(setup(model, batch).model, batch, autocast=torch.bfloat16)
-    return bf16_setup
-
-
-def _frozen(k):
-    def setup(model, batch):
-        return train_step(set_trainable(model, freeze_blocks=k), batch)
-    return setup
-
-
-def _probe(model, batch):
-    """Linear probe the naive way: the frozen backbone runs forward on every step (no backward
-    through it: nothing below the head needs a gradient)."""
-    return train_step(set_trainable(model, trainable=["head"]), batch)
-
-
-def _probe_cached(epochs=5, autocast=None):
+def _probe_cached(epochs=5, precision="fp32"):
     """Linear probe as woof.train does it: the backbone runs once per image, then `epochs` passes
     of head-only steps on the cached features. One call = the whole probe for this batch, counted
     as `epochs` images per image, so images/s compares with a training step's."""
     def setup(model, batch):
         images, labels = batch
-        set_trainable(model, trainable=["head"]).eval()
+        PROBE.prepare(model).eval()
         head = model.get_classifier()
-        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+        optimizer, scheduler = make_optimizer(head, config.load().full, steps_per_epoch=1000)
+        loss_fn = nn.CrossEntropyLoss()
 
         def probe():
-            with torch.no_grad(), torch.autocast(images.device.type, dtype=autocast,
-                                                  enabled=autocast is not None):
+            with torch.no_grad(), autocast(images.device, precision):
                 feats = model.forward_head(model.forward_features(images), pre_logits=True).float()
             for _ in range(epochs):
-                F.cross_entropy(head(feats), labels).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                woof.step.train_step(head, feats, labels, loss_fn, optimizer, scheduler)
         probe.images, probe.model = epochs * len(images), model
         probe.alive = lambda: [*model.parameters(), *model.buffers(), images, labels]
         return probe
     return setup
+
+
+PROBE = Method(("head",))
 
 
 def _forward_only(model, batch):
@@ -299,23 +268,23 @@ def _pil_loader(model, batch):
 
 
 ALL_ROWS = {
-    "full fine-tuning": _full,
-    "full fine-tuning, bf16": _bf16(_full),
-    "LoRA ours r=8 qkv+proj+fc1+fc2 +head": LORA_ROWS["LoRA ours r=8 qkv+proj+fc1+fc2 +head"],
-    "LoRA ours r=8 qkv+proj+fc1+fc2 +head, bf16": _bf16(LORA_ROWS["LoRA ours r=8 qkv+proj+fc1+fc2 +head"]),
-    "LoRA PEFT r=8 qkv+proj+fc1+fc2 +head": LORA_ROWS["LoRA PEFT r=8 qkv+proj+fc1+fc2 +head"],
-    "LoRA PEFT r=8 qkv+proj+fc1+fc2 +head, bf16": _bf16(LORA_ROWS["LoRA PEFT r=8 qkv+proj+fc1+fc2 +head"]),
-    "frozen first 6 blocks": _frozen(6),
-    "frozen first 6 blocks, bf16": _bf16(_frozen(6)),
-    "linear probe, backbone every step": _probe,
-    "linear probe, backbone every step, bf16": _bf16(_probe),
+    "full fine-tuning": _method(FULL),
+    "full fine-tuning, bf16": _method(FULL, "bf16"),
+    "LoRA ours r=8 qkv+proj+fc1+fc2 +head": _method(LORA_ALL),
+    "LoRA ours r=8 qkv+proj+fc1+fc2 +head, bf16": _method(LORA_ALL, "bf16"),
+    "LoRA PEFT r=8 qkv+proj+fc1+fc2 +head": _peft(ALL_LINEAR),
+    "LoRA PEFT r=8 qkv+proj+fc1+fc2 +head, bf16": _peft(ALL_LINEAR, precision="bf16"),
+    "frozen first 6 blocks": _method(Method(freeze_blocks=6)),
+    "frozen first 6 blocks, bf16": _method(Method(freeze_blocks=6), "bf16"),
+    "linear probe, backbone every step": _method(PROBE),
+    "linear probe, backbone every step, bf16": _method(PROBE, "bf16"),
     "linear probe, cached features (5 epochs)": _probe_cached(),
-    "linear probe, cached features (5 epochs), bf16": _probe_cached(autocast=torch.bfloat16),
+    "linear probe, cached features (5 epochs), bf16": _probe_cached(precision="bf16"),
     "inference forward pass (reference for the probe)": _forward_only,
     "data: cached uint8 tensors, batched crop/flip": _tensor_loader,
     "data: ImageFolder + PIL transforms per sample": _pil_loader,
 }
-SUITES = {"lora": LORA_ROWS, "all": ALL_ROWS}
+SUITES = {"lora": LORA_ROWS, "settings": SETTING_ROWS, "all": ALL_ROWS}
 
 
 def matmul_gflops(device="cpu", n=2048, dtype=torch.float32, repeats=5):
@@ -354,22 +323,26 @@ def paired_speedup(ref_times, times):
 
 
 # Ours against PEFT on the same configuration (a target of issue 2), paired round by round too.
-HEAD_TO_HEAD = ("r=8 qkv+proj+fc1+fc2 +head", "r=8 qkv +head", "r=8 qkv+proj+fc1+fc2 +head, bf16")
+HEAD_TO_HEAD = ("r=8 qkv+proj+fc1+fc2 +head", "r=8 qkv +head", "r=8 qkv+proj+fc1+fc2 +head, bf16",
+                "r=8 qkv+proj+fc1+fc2 +head, eager fp32", "r=8 qkv+proj+fc1+fc2 +head, compiled bf16")
 
 
 def head_to_head(results):
     """A line per configuration with both "LoRA ours" and "LoRA PEFT" rows: ours' speed-up, IQR."""
     lines = []
-    for config in HEAD_TO_HEAD:
-        ours, peft = results.get(f"LoRA ours {config}"), results.get(f"LoRA PEFT {config}")
+    for setting in HEAD_TO_HEAD:
+        ours, peft = results.get(f"LoRA ours {setting}"), results.get(f"LoRA PEFT {setting}")
         if ours and peft:
             mid, q1, q3 = paired_speedup(peft["times"], ours["times"])
             iqr = "" if q1 is None else f" (IQR {q1:.2f}-{q3:.2f})"
-            lines.append(f"- ours vs PEFT, {config}: {mid:.2f}x{iqr}")
+            lines.append(f"- ours vs PEFT, {setting}: {mid:.2f}x{iqr}")
     return "\n".join(lines)
 
 
 def markdown(results, reference="full fine-tuning", peak_gflops=None):
+    """The table; "vs full" is against `reference`, or the first row where there is none."""
+    if reference not in results and results:
+        reference = next(iter(results))
     ref = results.get(reference)
     lines = ["| method | trainable params | images/s | vs full (IQR) | step ms | GFLOP/s | peak memory MB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -391,6 +364,26 @@ def markdown(results, reference="full fine-tuning", peak_gflops=None):
     return "\n".join(lines)
 
 
+def settings_summary(results):
+    """The throughput targets, from the `settings` rows (paired by round, like the table):
+    the fastest setting for full fine-tuning against eager fp32, and LoRA against the
+    no-adapter bound in that setting."""
+    full = {setting: results.get(f"full fine-tuning, {setting}") for setting in SETTINGS}
+    if not all(full.values()):
+        return ""
+    base = full["eager fp32"]["times"]
+    speed = {setting: paired_speedup(base, row["times"])[0] for setting, row in full.items()}
+    best = max(speed, key=speed.get)
+    lines = [f"- full fine-tuning, {setting}: {speed[setting]:.2f}x eager fp32" for setting in SETTINGS]
+    lora, bound = results.get(f"LoRA ours r=8 qkv+proj+fc1+fc2 +head, {best}"), results.get(f"bound, {best}")
+    if lora and bound:
+        vs_bound = paired_speedup(bound["times"], lora["times"])[0]  # LoRA's speed / the bound's
+        lines.append(f"- fastest setting for full fine-tuning: {best}; there LoRA runs at {vs_bound:.2f}x "
+                     f"the no-adapter bound's speed and {paired_speedup(full[best]['times'], lora['times'])[0]:.2f}x "
+                     f"full fine-tuning's")
+    return "\n".join(lines)
+
+
 def kernels(device="cpu"):
     """What the matmuls can use here: bf16 rates differ by 20x between CPUs with and without
     native bf16 (AVX512-BF16 / AMX), so the bench says which it found."""
@@ -398,7 +391,9 @@ def kernels(device="cpu"):
         major, minor = torch.cuda.get_device_capability(device)
         return f"CUDA {torch.version.cuda}, compute capability {major}.{minor}, bf16 {torch.cuda.is_bf16_supported()}"
     bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return f"CPU capability {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {'yes' if bf16 else 'no'}"
+    native = "native (AVX512-BF16 or AMX)" if native_bf16(device) else "emulated: train.precision=auto picks fp32"
+    return (f"CPU capability {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {'yes' if bf16 else 'no'} "
+            f"({native}), torch.compile {compile_unavailable('cpu') or 'available'}")
 
 
 def main(argv=None):
@@ -414,7 +409,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# {args.model}, {args.image_size} px, batch {args.batch_size}, float32, AdamW, "
+    print(f"# {args.model}, {args.image_size} px, batch {args.batch_size}, the pipeline's step (timm AdamW, "
+          f"params.yaml's full recipe), fp32 eager unless the row says otherwise, "
           f"{machine(args.device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"median of {args.steps} steps after {args.warmup} warmup, {time.strftime('%Y-%m-%d')}", flush=True)
     print(f"# kernels: {kernels(args.device)}", flush=True)
@@ -422,6 +418,8 @@ def main(argv=None):
                   args.warmup, args.device)
     peak = {"fp32": matmul_gflops(args.device), "bf16": matmul_gflops(args.device, dtype=torch.bfloat16)}
     print(markdown(results, peak_gflops=peak))
+    if summary := settings_summary(results):
+        print(f"\nSettings, paired by round:\n{summary}")
     if pairs := head_to_head(results):
         print(f"\nSame configuration, paired by round:\n{pairs}")
     print(f"\nLarge matmul (2048^3) on this machine: {peak['fp32']:.0f} GFLOP/s fp32, "

@@ -67,9 +67,11 @@ class Data:
 
 @dataclass(frozen=True)
 class Train:
-    precision: str = _one_of("fp32", "bf16")
+    precision: str = _one_of("fp32", "bf16", "auto")  # auto: bf16 where it is native (woof.step.native_bf16)
+    compile: bool  # torch.compile (inductor) the training and evaluation forward
     device: str = _one_of("auto", "cpu", "cuda")
-    launcher: str = _check(lambda v: v.split()[:1] in (["python"], ["torchrun"]), '"python" or "torchrun ..."')
+    launcher: str = _check(lambda v: v.split()[:1] in (["python"], ["python3"], ["torchrun"]),
+                           '"python", "python3" or "torchrun ..."')
 
 
 @dataclass(frozen=True)

@@ -182,8 +182,6 @@ def set_trainable(model, trainable=("all",), freeze_blocks=0):
     records ops whose inputs need a gradient, so no activation gradient is computed below block k.
     """
     trainable = list(trainable or ["all"])
-    if freeze_blocks < 0:
-        raise ParamError(f"full.freeze_blocks must be >= 0, got {freeze_blocks}")
     if freeze_blocks:
         blocks = num_blocks(model)
         if not blocks:

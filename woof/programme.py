@@ -65,6 +65,16 @@ class Run:
 
 
 LORA_LR = 3e-4  # the rank block's learning rate (params.yaml's default when the programme was set)
+# Every run trains in fp32 eager, as the programme's first runs did, whatever params.yaml's
+# throughput defaults: runs of one programme differ only by their own overrides. The precision
+# block measures what those defaults cost in accuracy.
+PINNED = {"train.precision": "fp32", "train.compile": False}
+FAST = {"train.precision": "auto", "train.compile": True}  # bf16 where it is native, compiled
+
+
+def programme_base():
+    """params.yaml as the programme's runs start from it: with PINNED applied."""
+    return Run("base", "", "", PINNED).params(load_params())
 
 
 def _lora(rank, **extra):
@@ -83,6 +93,7 @@ def programme():
     runs += [r for pair in zip_longest(full, ranks) for r in pair if r is not None]
     runs += [Run(f"lora-r{r}-lr{lr:g}", "lora-lr", "lora", _lora(r, **{"lora.lr": lr}))
              for r in (2, 8, 32) for lr in (1e-4, 1e-3)]
+    runs += [Run("fast-full", "precision", "full", FAST), Run("fast-lora", "precision", "lora", FAST)]
     runs += [Run(f"freeze-{k}", "freeze", "full", {"full.freeze_blocks": k}) for k in (4, 8)]
     # From scratch a ViT needs a far larger lr than fine-tuning; 5e-4 with warmup, not tuned.
     scratch = {"full.pretrained": False, "full.lr": 5e-4}
@@ -187,16 +198,17 @@ def run_one(run, device="cpu"):
     """Train (unless zero-shot) and evaluate one run on val and test -> (row, details)."""
     import torch
     from woof.data import load_classes, load_eval_splits, load_split, stratified_subset
-    from woof.evaluate import evaluate_models
+    from woof.evaluate import evaluate_models, resolve_precision
     from woof.models import create_model, pretrained_weights
     from woof.train import machine, parameter_counts, train_method
 
-    base = load_params()
+    base = programme_base()
     check_prepared(config.parse(base))  # the programme's own fractions are overrides of the full set
     cfg = config.parse(run.params(base))
     classes = load_classes(PREPARED / "classes.json")
     splits = load_eval_splits(PREPARED)
     size = cfg.data.image_size
+    precision = resolve_precision(cfg.train.precision, device)  # what train_method runs at, too
     history, metrics, n_train = [], {}, 0
     if run.method == "zero_shot":
         model = create_model(cfg.model.name, num_classes=len(classes), img_size=size,
@@ -218,14 +230,14 @@ def run_one(run, device="cpu"):
             from woof import lora
             model = lora.merge_lora(model.cpu())
     ev, _, predictions = evaluate_models({run.method: model.cpu()}, splits, [c["name"] for c in classes],
-                                         size, cfg.evaluate.batch_size, cfg.train.precision)
+                                         size, cfg.evaluate.batch_size, precision, cfg.train.compile)
     row = {"name": run.name, "block": run.block, "method": run.method,
            "overrides": json.dumps(run.overrides, sort_keys=True), "status": "ok", "error": "",
            "train_images": n_train, "train_minutes": metrics.get("train_minutes"),
            "train_images_per_s": metrics.get("train_images_per_s"),
            "trainable_params": metrics.get("trainable_params"), "total_params": metrics.get("total_params"),
            "peak_memory_mb": metrics.get("peak_memory_mb"), "epochs": len(history),
-           "precision": cfg.train.precision, "git_rev": _git_rev(), "hardware": machine(device),
+           "precision": precision, "git_rev": _git_rev(), "hardware": machine(device),
            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     row.update(split_columns(ev[run.method]))
     details = {"name": run.name, "overrides": run.overrides, "history": history,
@@ -280,7 +292,7 @@ def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS
     """Run every missing run of `blocks` one after the other, each in its own process (its own
     peak memory, nothing leaking between runs), recording each result as it arrives."""
     try:  # a user error stops the programme before any run, instead of failing every run
-        base = load_params()
+        base = programme_base()
         check_prepared(config.parse(base))
         for run in todo(read_record(), blocks, rerun, seeds):
             config.parse(run.params(base))
@@ -327,20 +339,20 @@ def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS
 
 def adopt(metrics_dir="metrics", plots_dir="plots"):
     """Record the pipeline's own trainings (train_full, train_lora at params.yaml's values) as the
-    programme runs with the same configuration, instead of training them again. Their per-image
-    predictions come from plots/predictions/."""
+    programme runs with the same configuration, instead of training them again: full-lr5e-05 and
+    lora-r8 under fp32 eager, fast-full and fast-lora under the throughput defaults. Their
+    per-image predictions come from plots/predictions/."""
     from woof.data import load_classes
-    base = load_params()
-    check_prepared(config.parse(base))
+    pipeline, base = load_params(), programme_base()
+    check_prepared(config.parse(pipeline))
     classes = load_classes(PREPARED / "classes.json")
     ev = read_json(Path(metrics_dir) / "evaluate.json")
-    same = {"full": "full-lr5e-05", "lora": "lora-r8"}  # the runs whose overrides equal params.yaml
-    by_name = {r.name: r for r in programme()}
-    for method, name in same.items():
-        run = by_name[name]
-        if run.params(base) != base:
-            print(f"not adopting {name}: its params differ from params.yaml's")
+    for method in ("full", "lora"):
+        same = [r for r in programme() if r.method == method and r.params(base) == pipeline]
+        if not same:
+            print(f"not adopting train_{method}: no run of the programme has params.yaml's params")
             continue
+        run, name = same[0], same[0].name
         train = read_json(Path(metrics_dir) / f"train_{method}.json")
         history = pd.read_csv(Path(plots_dir) / f"train_{method}.csv").to_dict("records")
         row = {"name": name, "block": run.block, "method": method,

@@ -99,6 +99,24 @@ def summarize(df, correct):
     out["lora_vs_full"] = paired(correct, bl["name"], bf["name"]) if bf and bl else None
     out["lora_saturation_rank"] = saturation_rank(df, correct)
     out["lora_ranks_run"] = int(((df.block == "lora-rank") & (df.status == "ok")).sum())
+    out["throughput_defaults"] = throughput_defaults(df, correct)
+    return out
+
+
+# The precision block's runs against the fp32 eager runs with otherwise the same params.
+THROUGHPUT_PAIRS = {"full": ("fast-full", "full-lr5e-05"), "lora": ("fast-lora", "lora-r8")}
+
+
+def throughput_defaults(df, correct):
+    """What train.precision=auto + train.compile=true cost in accuracy and gain in time, per
+    method: paired differences (fast - fp32 eager) on val and test, and the minutes' ratio."""
+    ok = df[df.status == "ok"].set_index("name")
+    out = {}
+    for method, (fast, ref) in THROUGHPUT_PAIRS.items():
+        if fast in ok.index and ref in ok.index:
+            out[method] = {"fast": fast, "reference": ref, "precision": ok.loc[fast, "precision"],
+                           "speedup": float(ok.loc[ref, "train_minutes"] / ok.loc[fast, "train_minutes"]),
+                           **{split: paired(correct, fast, ref, split) for split in ("val", "test")}}
     return out
 
 

@@ -5,7 +5,6 @@ after every epoch that a rerun resumes from, and bit-identical results for the s
 the same CPU."""
 import hashlib
 import json
-import math
 import os
 import resource
 import time
@@ -17,13 +16,13 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from timm.optim import create_optimizer_v2
-
+import woof.step
 from woof.data import center_crop, normalize, random_resized_crop_flip, sha256_file
 from woof.errors import ParamError
-from woof.evaluate import autocast, classification_metrics, predict
+from woof.evaluate import classification_metrics, compiled, predict, resolve_precision
 from woof.io import atomic_path
-from woof.models import count_parameters, create_model, data_config, only_classifier_trains, pretrained_weights, set_trainable
+from woof.models import count_parameters, create_model, data_config, only_classifier_trains, pretrained_weights
+from woof.step import Method, make_optimizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,13 +43,7 @@ def build_model(method, cfg, classes):
     model = create_model(cfg.model.name, num_classes=len(classes), img_size=cfg.data.image_size,
                          weights=pretrained_weights(cfg.model), pretrained=pretrained,
                          class_indices=indices if head_from_imagenet else None)
-    if method == "lora":
-        from woof import lora  # only the LoRA path needs it: lora.py is no dependency of train_full
-        lora.apply_lora(model, recipe.targets, rank=recipe.rank, alpha=recipe.alpha, dropout=recipe.dropout,
-                        rslora=recipe.rslora, trainable=tuple(recipe.trainable))
-    else:
-        set_trainable(model, recipe.trainable, recipe.freeze_blocks)
-    return model
+    return Method.of(recipe).prepare(model)
 
 
 def train_method(method, cfg, classes, train, val, ckpt_dir, device="cpu", train_file=None, live_dir=None):
@@ -59,11 +52,13 @@ def train_method(method, cfg, classes, train, val, ckpt_dir, device="cpu", train
     the same params and training data is resumed from; live_dir: where dvclive logs the epochs."""
     model = build_model(method, cfg, classes)
     dcfg = data_config(model, cfg.data.image_size)
+    precision = resolve_precision(cfg.train.precision, device)
     history = fit(model, train, val, cfg.method(method), dcfg, ckpt_dir=ckpt_dir, device=device,
-                  precision=cfg.train.precision, eval_batch_size=cfg.evaluate.batch_size,
-                  fingerprint=fingerprint(cfg, method, train_file, train[1]), live_dir=live_dir)
+                  precision=precision, eval_batch_size=cfg.evaluate.batch_size,
+                  fingerprint=fingerprint(cfg, method, train_file, train[1]), live_dir=live_dir,
+                  compile=cfg.train.compile)
     metrics = run_metrics(history, model, device, rank_and_world()[1])
-    metrics["precision"] = cfg.train.precision
+    metrics.update(precision=precision, compile=cfg.train.compile)
     return model, history, metrics
 
 
@@ -101,30 +96,10 @@ def all_sum(values, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# optimisation
-
-def make_optimizer(model, recipe, steps_per_epoch):
-    """timm's AdamW, without weight decay on 1-d parameters (biases, norms) and on what the model
-    itself exempts (timm's no_weight_decay(): position embedding, class token); then linear
-    warmup and cosine decay to 0, stepped every batch. The schedule stays a LambdaLR: timm's
-    CosineLRScheduler warms up from warmup_lr_init by another formula, and every recorded run
-    would change."""
-    opt = create_optimizer_v2(model, "adamw", lr=recipe.lr, weight_decay=recipe.weight_decay)
-    total = recipe.epochs * steps_per_epoch
-    warmup = round(recipe.warmup_epochs * steps_per_epoch)
-
-    def schedule(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-
-
-# ---------------------------------------------------------------------------------------------
 # the loop
 
 def fit(model, train, val, recipe, data_cfg, ckpt_dir=None, fingerprint="", device="cpu",
-        precision="fp32", eval_batch_size=128, live_dir=None):
+        precision="fp32", eval_batch_size=128, live_dir=None, compile=False):
     """Train `model` on cached uint8 tensors and return the per-epoch history.
 
     train, val: (images uint8 (N, 3, S, S), labels (N,)); train images are the larger cache that
@@ -133,7 +108,8 @@ def fit(model, train, val, recipe, data_cfg, ckpt_dir=None, fingerprint="", devi
     ckpt_dir: where the per-epoch checkpoint lives; a checkpoint with the same fingerprint is
     resumed from, any other is ignored. Each history row's elapsed_s counts the whole run, the
     epochs of an interrupted process included.
-    live_dir: dvclive logs every epoch there (rank 0), for `dvc exp show` while the run goes on."""
+    live_dir: dvclive logs every epoch there (rank 0), for `dvc exp show` while the run goes on.
+    precision: fp32 or bf16 (autocast); compile: torch.compile the training and eval forward."""
     rank, world = rank_and_world()
     run_start = time.perf_counter()
     torch.manual_seed(recipe.seed)
@@ -165,7 +141,7 @@ def fit(model, train, val, recipe, data_cfg, ckpt_dir=None, fingerprint="", devi
                 print(f"resuming from {ckpt} after epoch {start_epoch}")
     carried = history[-1]["elapsed_s"] if history else 0.0  # the interrupted processes' time
     live = open_live(live_dir, history) if rank == 0 else None
-    ddp = DistributedDataParallel(model) if world > 1 else model
+    forward = compiled(DistributedDataParallel(model) if world > 1 else model, compile, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     local = batch // world
     for epoch in range(start_epoch, recipe.epochs):
@@ -183,20 +159,15 @@ def fit(model, train, val, recipe, data_cfg, ckpt_dir=None, fingerprint="", devi
             x = random_resized_crop_flip(images[idx].to(device), size, rand, recipe.crop_scale, hflip=recipe.hflip)
             x = normalize(x, data_cfg["mean"], data_cfg["std"])  # (B, 3, size, size)
             y = labels[idx].to(device)
-            with autocast(device, precision):
-                logits = ddp(x)  # (B, C)
-                loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            loss, logits = woof.step.train_step(forward, x, y, loss_fn, opt, sched, precision)
             totals[0] += loss.item() * len(y)
             totals[1] += (logits.argmax(1) == y).sum().item()
             totals[2] += len(y)
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
         train_seconds = time.perf_counter() - start
         loss_sum, correct, count = all_sum(totals, device)
-        val_metrics = evaluate_sharded(model, val, data_cfg, device, precision, eval_batch_size)
+        val_metrics = evaluate_sharded(model, val, data_cfg, device, precision, eval_batch_size,
+                                       forward=forward if world == 1 else None)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count,
                         "val_loss": val_metrics["loss"], "val_acc": val_metrics["top1"],
                         "epoch_seconds": train_seconds, "images_per_s": count / train_seconds,
@@ -233,11 +204,12 @@ def log_epoch(live, row):
     live.next_step()
 
 
-def evaluate_sharded(model, val, data_cfg, device, precision, batch_size=128):
-    """Val loss and top-1 with each rank predicting its own shard, summed over ranks."""
+def evaluate_sharded(model, val, data_cfg, device, precision, batch_size=128, forward=None):
+    """Val loss and top-1 with each rank predicting its own shard, summed over ranks.
+    forward: what runs the model (its compiled version), model itself by default."""
     rank, world = rank_and_world()
     images, labels = val[0][rank::world], val[1][rank::world]
-    logits, _ = predict(model, images, data_cfg, batch_size, device, precision)
+    logits, _ = predict(model, images, data_cfg, batch_size, device, precision, forward=forward)
     m = classification_metrics(logits, labels)
     loss_sum, correct, count = all_sum([m["loss"] * m["n"], m["top1"] * m["n"], m["n"]], device)
     return {"loss": loss_sum / count, "top1": correct / count}
@@ -282,12 +254,7 @@ def fit_linear_probe(model, train, val, recipe, data_cfg, device, precision, eva
         totals = [0.0, 0.0, 0]
         for step in range(steps):
             idx = perm[step * recipe.batch_size:(step + 1) * recipe.batch_size].to(device)
-            logits = head(x_train[idx])
-            loss = loss_fn(logits, y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            loss, logits = woof.step.train_step(head, x_train[idx], y_train[idx], loss_fn, opt, sched)
             totals[0] += loss.item() * len(idx)
             totals[1] += (logits.argmax(1) == y_train[idx]).sum().item()
             totals[2] += len(idx)
