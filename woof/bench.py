@@ -42,8 +42,9 @@ QKV = r"blocks\.\d+\.attn\.qkv"
 
 
 def train_step(model, batch, precision="fp32", compile=False, recipe=None):
-    """The pipeline's training step (woof.step.train_step with woof.train's optimiser, schedule
-    and label-smoothed loss, from params.yaml's full recipe) on `batch`, as a closure.
+    """The pipeline's training step (woof.step.train_step with woof.step.make_optimizer's AdamW
+    and schedule and the label-smoothed loss, from params.yaml's full recipe) on `batch`, as a
+    closure.
 
     The closure carries what the table needs: `images` per call, the `model` (parameter counts)
     and the tensors `alive` between calls (for peak memory)."""
@@ -122,6 +123,7 @@ LORA_QKV = Method(("head",), lora={"targets": QKV, "rank": 8, "alpha": 16})
 # (2 of the 3 matmuls of each linear layer), no adapter at all. Training the position embedding
 # makes backpropagation run through every block; only the head learns otherwise.
 BOUND = Method(("pos_embed", "head"))
+PROBE = Method(("head",))
 
 
 def _two_branch(model, batch):
@@ -202,8 +204,6 @@ def _probe_cached(epochs=5, precision="fp32"):
         return probe
     return setup
 
-
-PROBE = Method(("head",))
 
 
 def _forward_only(model, batch):
