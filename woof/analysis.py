@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import woof.step
+from woof.evaluate import compiled
 from woof.lora import lora_modules, merge_lora
 from woof.models import count_parameters
 from woof.step import Method, make_optimizer
@@ -75,22 +76,30 @@ def _batch(batch_size, image_size, in_chans, device="cpu"):
     return torch.randn(batch_size, in_chans, image_size, image_size, device=device)  # (B, C, S, S)
 
 
-def _step(model, batch_size, image_size, in_chans, recipe, device="cpu"):
-    """One training step of `model` as the pipeline takes it (woof.step.train_step, the
-    pipeline's optimiser), on a random batch, as a closure; .alive(): the tensors it keeps."""
-    x = _batch(batch_size, image_size, in_chans, device)
-    y = torch.zeros(batch_size, dtype=torch.long, device=device)
+def step_closure(model, x, y, recipe, precision="fp32", compile=False):
+    """The pipeline's training step on one fixed batch, as a closure: woof.step.train_step with
+    woof.step.make_optimizer and the label-smoothed loss of `recipe`. The closure carries `images`
+    per call, the `model` (parameter counts) and `alive()`, the tensors kept between calls (for
+    peak memory). The benchmark's rows and the cost stage both take their step from here."""
     optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=1000)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    forward = compiled(model, compile, x.device)
+    model.train()
 
     def step():
-        woof.step.train_step(model, x, y, loss_fn, optimizer, scheduler)
+        woof.step.train_step(forward, x, y, loss_fn, optimizer, scheduler, precision)
 
     def alive():
         state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
         return [*model.parameters(), *model.buffers(), *state, x, y]
-    step.alive = alive
+    step.images, step.model, step.alive = len(x), model, alive
     return step
+
+
+def _step(model, batch_size, image_size, in_chans, recipe, device="cpu"):
+    """step_closure on a random batch whose labels are all 0."""
+    x = _batch(batch_size, image_size, in_chans, device)
+    return step_closure(model, x, torch.zeros(batch_size, dtype=torch.long, device=device), recipe)
 
 
 def train_flops(model, batch_size, image_size, recipe, in_chans=3):

@@ -29,9 +29,9 @@ import torch.nn as nn
 
 import woof.step
 from woof import config
-from woof.analysis import count_flops, peak_tensor_bytes
+from woof.analysis import count_flops, peak_tensor_bytes, step_closure
 from woof.data import normalize, random_resized_crop_flip
-from woof.evaluate import autocast, compile_unavailable, compiled, native_bf16
+from woof.evaluate import autocast, compile_unavailable, native_bf16
 from woof.lora import lora_modules
 from woof.models import count_parameters, create_model
 from woof.step import Method, make_optimizer
@@ -42,27 +42,9 @@ QKV = r"blocks\.\d+\.attn\.qkv"
 
 
 def train_step(model, batch, precision="fp32", compile=False, recipe=None):
-    """The pipeline's training step (woof.step.train_step with woof.step.make_optimizer's AdamW
-    and schedule and the label-smoothed loss, from params.yaml's full recipe) on `batch`, as a
-    closure.
-
-    The closure carries what the table needs: `images` per call, the `model` (parameter counts)
-    and the tensors `alive` between calls (for peak memory)."""
-    images, labels = batch
-    recipe = recipe or config.load().full
-    optimizer, scheduler = make_optimizer(model, recipe, steps_per_epoch=1000)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    forward = compiled(model, compile, images.device)
-    model.train()
-
-    def step():
-        woof.step.train_step(forward, images, labels, loss_fn, optimizer, scheduler, precision)
-
-    def alive():
-        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-        return [*model.parameters(), *model.buffers(), *state, images, labels]
-    step.images, step.model, step.alive = len(images), model, alive
-    return step
+    """The pipeline's training step on `batch` as a closure (woof.analysis.step_closure), with
+    params.yaml's full recipe unless another is given."""
+    return step_closure(model, *batch, recipe or config.load().full, precision, compile)
 
 
 def _sync(device):
