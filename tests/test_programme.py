@@ -184,3 +184,51 @@ def test_missing_data_stops_before_any_run(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="data/prepared/files.json not found: run `dvc repro preprocess`"):
         programme.run_programme()
     assert not (tmp_path / "metrics" / "experiments.csv").exists()  # nothing recorded as failed
+
+
+def test_freezing_and_fractions_are_paired_against_their_reference(tmp_path, monkeypatch):
+    """The summary's freezing curve (0 = full fine-tuning at the freeze runs' lr, 12 = the val-best
+    probe) and fraction curves (100 % = the default configuration), each point paired with its
+    reference on the same images; the paper says where each sits."""
+    from woof import paper
+    monkeypatch.chdir(tmp_path)
+    n = 40
+    right = {"zero-shot": 30, "full-lr5e-05": 36, "freeze-4": 34, "freeze-8": 20, "probe-lr0.0001": 31,
+             "probe-lr0.01": 28, "lora-r8": 35, "fraction0.1-full": 33, "fraction0.1-lora": 35,
+             "fraction0.1-scratch": 5, "scratch": 12}
+    blocks = {"zero-shot": "baseline", "full-lr5e-05": "full-lr", "lora-r8": "lora-rank", "scratch": "scratch",
+              "freeze-4": "freeze", "freeze-8": "freeze", "probe-lr0.0001": "probe", "probe-lr0.01": "probe"}
+    overrides = {"freeze-4": {"full.freeze_blocks": 4}, "freeze-8": {"full.freeze_blocks": 8},
+                 "lora-r8": {"lora.rank": 8, "lora.alpha": 16, "lora.lr": 3e-4},
+                 **{f"fraction0.1-{f}": {"data.train_fraction": 0.1} for f in ("full", "lora", "scratch")}}
+    for name, k in right.items():
+        correct = "1" * k + "0" * (n - k)  # the first k images right: every pair is nested
+        write_json(programme.DETAILS / f"{name}.json",
+                   {"correct": {"test": correct, "val": correct}, "files_sha": {"test": "t", "val": "v"}})
+        programme.write_row({"name": name, "block": blocks.get(name, "fraction"), "method": "full",
+                             "overrides": json.dumps(overrides.get(name, {})), "status": "ok",
+                             "val_top1": k / n + (0.01 if name == "probe-lr0.0001" else 0), "test_top1": k / n,
+                             "test_top1_lo": k / n - 0.05, "test_top1_hi": k / n + 0.05, "trainable_params": 10})
+    df, correct = results.load(programme.RECORD, programme.DETAILS)
+    s = results.summarize(df, correct)
+
+    freezing = {p["frozen_blocks"]: p for p in s["freezing"]}
+    assert {k: p["name"] for k, p in freezing.items()} == {0: "full-lr5e-05", 4: "freeze-4", 8: "freeze-8",
+                                                           12: "probe-lr0.0001"}  # the val-best probe
+    assert freezing[0]["vs_full"] is None
+    t = freezing[8]["vs_full"]["test"]
+    assert (t["a_only"], t["b_only"]) == (0, 16) and t["difference"] == pytest.approx(-16 / n)
+    assert t["significant"] and not freezing[4]["vs_full"]["test"]["significant"]  # 2 discordant images
+
+    fractions = {(p["family"], p["fraction"]): p for p in s["fractions"]}
+    assert set(fractions) == {(f, x) for f in ("full", "lora", "scratch") for x in (0.1, 1.0)}
+    assert fractions[("full", 1.0)]["name"] == "full-lr5e-05" and fractions[("full", 1.0)]["vs_all_images"] is None
+    assert fractions[("full", 0.1)]["vs_all_images"]["difference"] == pytest.approx(-3 / n)
+    assert fractions[("lora", 0.1)]["vs_all_images"]["difference"] == 0
+
+    text = " ".join(b.text for b in paper.freezing_paragraph(s["freezing"]) + paper.fractions_paragraph(s["fractions"]))
+    assert "k = 8 50.0 % [45.0, 55.0], -40.0 points (95 % CI" in text and "the linear probe (`probe-lr0.0001`," in text
+    assert "full fine-tuning on 10 % of them moves by -7.5 points" in text
+    assert "from scratch 12.5 % (10 %), 30.0 % (100 %)" in text
+    assert "From scratch on every training image the ViT reaches 30.0 %, against 82.5 % for full" in text
+    assert paper.freezing_paragraph([]) == [] and paper.fractions_paragraph(s["fractions"][:0]) == []

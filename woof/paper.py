@@ -593,6 +593,8 @@ def programme_results(ctx):
     if prog.get("lora_saturation_rank") and prog.get("lora_ranks_run", 0) >= 3:
         blocks.append(Para(f"At a fixed scale alpha/r = 2, LoRA's validation accuracy stops improving at rank "
                            f"{prog['lora_saturation_rank']}: no larger rank is significantly better on val (McNemar, 5 %)."))
+    blocks += freezing_paragraph(prog.get("freezing") or [])
+    blocks += fractions_paragraph(prog.get("fractions") or [])
     blocks += throughput_paragraph(prog.get("throughput_defaults") or {})
     figs = {"frontier": "Clean-test top-1 (95 % CI) against trainable parameters for every run on the full training set.",
             "rank_lr": "Left: LoRA validation (solid) and test (dashed) top-1 against rank at alpha = 2r, one line per "
@@ -606,6 +608,61 @@ def programme_results(ctx):
         if path.exists():
             blocks.append(Figure(path.as_posix(), caption, 80 if key in ("rank_lr", "cost") else 55))
     return blocks
+
+
+def _difference(t):
+    lo, hi = t["difference_ci"]
+    return f"{100 * t['difference']:+.1f} points (95 % CI {100 * lo:+.1f} to {100 * hi:+.1f}, McNemar {pvalue(t['p_value'])})"
+
+
+def freezing_paragraph(points):
+    """Where partial freezing and the linear probe sit: each against full fine-tuning at the
+    freeze runs' lr (frozen blocks 0), paired on the clean test images."""
+    ref = next((p for p in points if p["frozen_blocks"] == 0), None)
+    others = [p for p in points if p["vs_full"] and p["vs_full"].get("test")]
+    if ref is None or not others:
+        return []
+
+    def sits(p):
+        return (f"{pct_ci(p['test_top1'], p['test_top1_lo'], p['test_top1_hi'])}, "
+                f"{_difference(p['vs_full']['test'])}, val {pct(p['val_top1'], 2)}")
+    frozen = [f"k = {p['frozen_blocks']} {sits(p)}" for p in others if p["name"].startswith("freeze-")]
+    probe = [f"the linear probe (`{p['name']}`, the val-best of its learning rates; all {p['frozen_blocks']} blocks "
+             f"frozen) {sits(p)}" for p in others if not p["name"].startswith("freeze-")]
+    text = (f"**Freezing and probing.** Against full fine-tuning at its default learning rate (`{ref['name']}`, "
+            f"{pct_ci(ref['test_top1'], ref['test_top1_lo'], ref['test_top1_hi'])} on the clean test split, val "
+            f"{pct(ref['val_top1'], 2)}), paired on the same test images: ")
+    if frozen:
+        text += "freezing the patch embedding and the first k blocks at the same learning rate gives " + "; ".join(frozen)
+    text += ("; " if frozen and probe else "") + "; ".join(probe) + "."
+    return [Para(text)]
+
+
+def fractions_paragraph(points):
+    """How much data pretraining saves: each method's clean-test top-1 at every recorded share of
+    the training images, and what the smallest share costs against all of them."""
+    if not any(p["fraction"] < 1 for p in points):
+        return []
+    names = {"full": "full fine-tuning", "lora": "LoRA", "scratch": "from scratch"}
+    by = {}
+    for p in points:
+        by.setdefault(p["family"], []).append(p)
+    share = lambda p: f"{100 * p['fraction']:g} %"  # noqa: E731
+    text = ("**Data fractions.** Clean-test top-1 by share of the training images: "
+            + "; ".join(f"{names[f]} " + ", ".join(f"{pct(p['test_top1'])} ({share(p)})" for p in ps)
+                        for f, ps in by.items()) + ".")
+    for f, ps in by.items():
+        small = ps[0]  # sorted by fraction
+        if small["vs_all_images"]:
+            text += f" Against all the images, {names[f]} on {share(small)} of them moves by {_difference(small['vs_all_images'])}."
+    scratch = next((p for p in by.get("scratch", []) if p["fraction"] == 1.0), None)
+    if scratch and "full" in by:
+        small = by["full"][0]
+        text += (f" From scratch on every training image the ViT reaches {pct(scratch['test_top1'])}, against "
+                 f"{pct(small['test_top1'])} for full fine-tuning of the pretrained one on {share(small)} of them.")
+    elif "scratch" in by:
+        text += " The from-scratch run on every training image is not recorded yet."
+    return [Para(text)]
 
 
 def throughput_paragraph(fast):

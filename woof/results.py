@@ -19,6 +19,9 @@ from woof.stats import compare_paired, mcnemar
 FAMILIES = {  # what a method is, for the figures and the selection: the blocks its runs are in
     "full": ("full-lr",), "lora": ("lora-rank", "lora-lr"), "probe": ("probe",),
     "freeze": ("freeze",), "scratch": ("scratch",)}
+# The runs with params.yaml's configuration on every training image: the reference of the freezing
+# curve (its runs share full fine-tuning's default lr) and the 100 % points of the fraction curves.
+DEFAULTS = {"full": "full-lr5e-05", "lora": "lora-r8", "scratch": "scratch"}
 LABELS = {"zero_shot": "zero-shot", "full": "full fine-tuning", "lora": "LoRA", "probe": "linear probe",
           "freeze": "frozen first k blocks", "scratch": "from scratch"}
 
@@ -100,11 +103,42 @@ def summarize(df, correct):
     out["lora_saturation_rank"] = saturation_rank(df, correct)
     out["lora_ranks_run"] = int(((df.block == "lora-rank") & (df.status == "ok")).sum())
     out["throughput_defaults"] = throughput_defaults(df, correct)
+    run = df.set_index("name")
+    full = DEFAULTS["full"]
+    out["freezing"] = [{"frozen_blocks": k, "name": n, **_numbers(run.loc[n]),
+                        "vs_full": None if n == full else {s: paired(correct, n, full, s) for s in ("test", "val")}}
+                       for k, n in freeze_points(df)]
+    out["fractions"] = [{"family": f, "fraction": x, "name": n, **_numbers(run.loc[n]),
+                         "vs_all_images": None if n == DEFAULTS[f] else paired(correct, n, DEFAULTS[f])}
+                        for f, x, n in fraction_points(df).itertuples(index=False)]
     return out
 
 
+def freeze_points(df, blocks=12):
+    """(frozen blocks, run) of the freezing curve's successful runs: 0 is full fine-tuning at the
+    default lr, which the freeze runs share; `blocks` (all of them) is the val-best linear probe."""
+    ok = df[df.status == "ok"]
+    points = [(0, DEFAULTS["full"])]
+    points += [(o["full.freeze_blocks"], n) for n, o, b in zip(ok.name, ok.overrides, ok.block) if b == "freeze"]
+    probe = best(df, "probe")
+    if probe is not None:
+        points.append((blocks, probe["name"]))
+    return sorted((k, n) for k, n in points if n in set(ok.name))
+
+
+def fraction_points(df):
+    """The data-fraction curves' successful runs as (family, share of the training images, run);
+    a family's 100 % point is its default configuration."""
+    ok = df[df.status == "ok"]
+    rows = []
+    for family, whole in DEFAULTS.items():
+        d = ok[(ok.name == whole) | ok.name.str.fullmatch(rf"fraction[\d.]+-{family}")]
+        rows += [(family, o.get("data.train_fraction", 1.0), n) for n, o in zip(d.name, d.overrides)]
+    return pd.DataFrame(rows, columns=["family", "fraction", "name"]).sort_values(["family", "fraction"])
+
+
 # The precision block's runs against the fp32 eager runs with otherwise the same params.
-THROUGHPUT_PAIRS = {"full": ("fast-full", "full-lr5e-05"), "lora": ("fast-lora", "lora-r8")}
+THROUGHPUT_PAIRS = {"full": ("fast-full", DEFAULTS["full"]), "lora": ("fast-lora", DEFAULTS["lora"])}
 
 
 def throughput_defaults(df, correct):
@@ -254,14 +288,9 @@ def plot_fractions(df, path):
     """Test top-1 against the share of training images, for full, LoRA and from scratch."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    whole = {"full": "full-lr5e-05", "lora": "lora-r8", "scratch": "scratch"}  # the 100 % points
-    for family, name in whole.items():
-        d = df[(df.status == "ok") & ((df.name == name) | df.name.str.fullmatch(rf"fraction[\d.]+-{family}"))].copy()
-        if not len(d):
-            continue
-        d["fraction"] = [o.get("data.train_fraction", 1.0) for o in d.overrides]
-        d = d.sort_values("fraction")
-        _errorbar(ax, 100 * d.fraction, d, LABELS[family], fmt="o-", ms=5)
+    run = df.set_index("name")
+    for family, points in fraction_points(df).groupby("family", sort=False):
+        _errorbar(ax, 100 * points.fraction, run.loc[points["name"]], LABELS[family], fmt="o-", ms=5)
     _zero_shot(ax, df)
     ax.set_xscale("log")
     ax.set_xticks([10, 20, 50, 100], ["10 %", "20 %", "50 %", "100 %"])
@@ -275,17 +304,12 @@ def plot_fractions(df, path):
 def plot_freeze(df, path, blocks=12):
     """Test top-1 against the number of frozen blocks: 0 is full fine-tuning, all is the probe."""
     plt = _plt()
-    rows = [(0, "full-lr5e-05")] + [(k, f"freeze-{k}") for k in (4, 8)]
-    probe = best(df, "probe")
-    if probe:
-        rows.append((blocks, probe["name"]))
-    d = df.set_index("name")
-    pts = [(k, d.loc[n]) for k, n in rows if n in d.index and d.loc[n, "status"] == "ok"]
+    points = freeze_points(df, blocks)
     fig, ax = plt.subplots(figsize=(6, 4))
-    if pts:
-        sub = pd.DataFrame([p for _, p in pts])
-        _errorbar(ax, [k for k, _ in pts], sub, "test (95 % CI)", fmt="o-")
-        ax.plot([k for k, _ in pts], 100 * sub.val_top1, "s--", label="val")
+    if points:
+        ks, sub = [k for k, _ in points], df.set_index("name").loc[[n for _, n in points]]
+        _errorbar(ax, ks, sub, "test (95 % CI)", fmt="o-")
+        ax.plot(ks, 100 * sub.val_top1, "s--", label="val")
     _zero_shot(ax, df)
     ax.set(xlabel=f"frozen blocks (0: full fine-tuning, {blocks}: linear probe)", ylabel="top-1 (%)",
            title="Partial freezing")
