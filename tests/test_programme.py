@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from woof import programme, results
+from woof import paper, programme, results
 from woof.data import fetch, preprocess
 from woof.io import write_json
 from woof.models import create_model, data_config
@@ -190,7 +190,6 @@ def test_freezing_and_fractions_are_paired_against_their_reference(tmp_path, mon
     """The summary's freezing curve (0 = full fine-tuning at the freeze runs' lr, 12 = the val-best
     probe) and fraction curves (100 % = the default configuration), each point paired with its
     reference on the same images; the paper says where each sits."""
-    from woof import paper
     monkeypatch.chdir(tmp_path)
     n = 40
     right = {"zero-shot": 30, "full-lr5e-05": 36, "freeze-4": 34, "freeze-8": 20, "probe-lr0.0001": 31,
@@ -220,6 +219,7 @@ def test_freezing_and_fractions_are_paired_against_their_reference(tmp_path, mon
     assert (t["a_only"], t["b_only"]) == (0, 16) and t["difference"] == pytest.approx(-16 / n)
     assert t["significant"] and not freezing[4]["vs_full"]["test"]["significant"]  # 2 discordant images
 
+    assert [(r["rank"], r["name"]) for r in s["lora_ranks"]] == [(8, "lora-r8")]
     fractions = {(p["family"], p["fraction"]): p for p in s["fractions"]}
     assert set(fractions) == {(f, x) for f in ("full", "lora", "scratch") for x in (0.1, 1.0)}
     assert fractions[("full", 1.0)]["name"] == "full-lr5e-05" and fractions[("full", 1.0)]["vs_all_images"] is None
@@ -232,3 +232,11 @@ def test_freezing_and_fractions_are_paired_against_their_reference(tmp_path, mon
     assert "from scratch 12.5 % (10 %), 30.0 % (100 %)" in text
     assert "From scratch on every training image the ViT reaches 30.0 %, against 82.5 % for full" in text
     assert paper.freezing_paragraph([]) == [] and paper.fractions_paragraph(s["fractions"][:0]) == []
+
+
+def test_the_paper_says_how_far_val_separates_the_ranks():
+    ranks = [{"rank": r, "name": f"lora-r{r}", "val_top1": v, "test_top1": t}
+             for r, v, t in ((1, 0.934, 0.888), (8, 0.936, 0.904), (32, 0.937, 0.910))]
+    text = paper.selection_limitation({"lora_ranks": ranks})
+    assert "LoRA's 3 ranks span 0.3 points of val top-1 and 2.2 of test top-1" in text
+    assert paper.selection_limitation({"lora_ranks": ranks[:2]}) is None and paper.selection_limitation(None) is None

@@ -101,7 +101,10 @@ def summarize(df, correct):
     bf, bl = out["best"].get("full"), out["best"].get("lora")
     out["lora_vs_full"] = paired(correct, bl["name"], bf["name"]) if bf and bl else None
     out["lora_saturation_rank"] = saturation_rank(df, correct)
-    out["lora_ranks_run"] = int(((df.block == "lora-rank") & (df.status == "ok")).sum())
+    ranks = df[(df.block == "lora-rank") & (df.status == "ok")]
+    out["lora_ranks"] = sorted(({"rank": int(o["lora.rank"]), "name": n, "val_top1": float(v), "test_top1": float(t)}
+                                for n, o, v, t in zip(ranks.name, ranks.overrides, ranks.val_top1, ranks.test_top1)),
+                               key=lambda r: r["rank"])
     out["throughput_defaults"] = throughput_defaults(df, correct)
     run = df.set_index("name")
     full = DEFAULTS["full"]
