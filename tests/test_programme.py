@@ -237,6 +237,6 @@ def test_freezing_and_fractions_are_paired_against_their_reference(tmp_path, mon
 def test_the_paper_says_how_far_val_separates_the_ranks():
     ranks = [{"rank": r, "name": f"lora-r{r}", "val_top1": v, "test_top1": t}
              for r, v, t in ((1, 0.934, 0.888), (8, 0.936, 0.904), (32, 0.937, 0.910))]
-    text = paper.selection_limitation({"lora_ranks": ranks})
+    text, = paper.selection_limitation({"lora_ranks": ranks})
     assert "LoRA's 3 ranks span 0.3 points of val top-1 and 2.2 of test top-1" in text
-    assert paper.selection_limitation({"lora_ranks": ranks[:2]}) is None and paper.selection_limitation(None) is None
+    assert paper.selection_limitation({"lora_ranks": ranks[:2]}) == [] and paper.selection_limitation(None) == []

@@ -187,7 +187,6 @@ def _probe_cached(epochs=5, precision="fp32"):
     return setup
 
 
-
 def _forward_only(model, batch):
     """One inference pass: the unit the probe's cost is compared with."""
     images = batch[0]

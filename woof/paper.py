@@ -671,9 +671,7 @@ def throughput_paragraph(fast):
     parts = []
     for method, f in fast.items():
         if f.get("test"):
-            t, lo, hi = f["test"], *f["test"]["difference_ci"]
-            parts.append(f"{names[method]} moves by {100 * t['difference']:+.1f} points on test (95 % CI "
-                         f"{100 * lo:+.1f} to {100 * hi:+.1f}, McNemar p = {t['p_value']:.2f}) and "
+            parts.append(f"{names[method]} moves by {_difference(f['test'])} on test and "
                          f"{100 * f['val']['difference']:+.2f} on val, training {f['speedup']:.2f}x as fast")
     if not parts:
         return []
@@ -819,21 +817,22 @@ def discussion(ctx):
 
 def selection_limitation(prog):
     """How little the leaked val set separates configurations that the clean test split does: the
-    spread of LoRA's rank curve on each split (None before three ranks are recorded)."""
+    spread of LoRA's rank curve on each split, as a Limitations bullet (none before three ranks)."""
     ranks = (prog or {}).get("lora_ranks", [])
     if len(ranks) < 3:
-        return None
+        return []
     spread = {s: 100 * (max(r[f"{s}_top1"] for r in ranks) - min(r[f"{s}_top1"] for r in ranks)) for s in ("val", "test")}
-    return (f"Selection happens on val, whose images the backbone learnt in pretraining, and val separates "
+    return [f"Selection happens on val, whose images the backbone learnt in pretraining, and val separates "
             f"configurations less than the clean test split does: LoRA's {len(ranks)} ranks span "
             f"{spread['val']:.1f} points of val top-1 and {spread['test']:.1f} of test top-1. A val-best "
             "configuration is therefore close to a draw among near-equals on val, which is why the paired tests "
-            "are on test and why the seeds matter.")
+            "are on test and why the seeds matter."]
 
 
 def limitations(ctx):
     return [Heading("Limitations"),
-            Bullets([*filter(None, [selection_limitation(ctx["prog"])]),"One dataset of ten similar classes and one small backbone: larger ViTs and datasets further from "
+            Bullets([*selection_limitation(ctx["prog"]),
+                     "One dataset of ten similar classes and one small backbone: larger ViTs and datasets further from "
                      "ImageNet may rank the methods differently.",
                      f"The clean test split has {count(ctx['data'].get('test_images', ctx['df'].n.iloc[0]))} images, so its "
                      "95 % intervals are about ±2 points wide; differences smaller than that are not resolved.",

@@ -19,8 +19,9 @@ from woof.stats import compare_paired, mcnemar
 FAMILIES = {  # what a method is, for the figures and the selection: the blocks its runs are in
     "full": ("full-lr",), "lora": ("lora-rank", "lora-lr"), "probe": ("probe",),
     "freeze": ("freeze",), "scratch": ("scratch",)}
-# The runs with params.yaml's configuration on every training image: the reference of the freezing
-# curve (its runs share full fine-tuning's default lr) and the 100 % points of the fraction curves.
+# Each family's reference run on every training image: params.yaml's full and LoRA configurations
+# (full is also the freezing curve's k = 0: the freeze runs share its lr) and the from-scratch run;
+# the 100 % points of the fraction curves.
 DEFAULTS = {"full": "full-lr5e-05", "lora": "lora-r8", "scratch": "scratch"}
 LABELS = {"zero_shot": "zero-shot", "full": "full fine-tuning", "lora": "LoRA", "probe": "linear probe",
           "freeze": "frozen first k blocks", "scratch": "from scratch"}
