@@ -109,6 +109,22 @@ def test_summary_without_a_record(tmp_path):
     assert json.loads((tmp_path / "p.json").read_text())["runs"]["ok"] == 0
 
 
+def test_still_to_run_counts_the_seeds_of_unfinished_grids(monkeypatch):
+    monkeypatch.setattr(programme, "programme", lambda: list(RUNS))
+    extra = sum(s != 0 for s in programme.SEEDS)  # seeds per method
+
+    def record(names):
+        return pd.DataFrame([dict(name=n, status="ok", val_top1=0.9, test_top1=0.9, trainable_params=1)
+                             for n in names], columns=["name", "status", "val_top1", "test_top1", "trainable_params"])
+
+    assert programme.still_to_run(record([])) == len(RUNS) + 2 * extra
+    # The full grid complete: its seeds are known runs, LoRA's still only a number.
+    partial = record(["zero-shot", "full-lr5e-05", "full-lr0.001", "lora-r8"])
+    assert len(programme.todo(partial)) == 3 + extra
+    assert programme.still_to_run(partial) == 3 + 2 * extra
+    assert programme.still_to_run(record([r.name for r in RUNS])) == 2 * extra
+
+
 def test_every_programme_run_overrides_real_params():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for run in programme.programme():

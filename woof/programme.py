@@ -288,6 +288,13 @@ def todo(record, blocks=None, rerun=(), seeds=SEEDS):
     return [r for r in runs if r.name not in done and (not blocks or r.block in blocks)]
 
 
+def still_to_run(record, seeds=SEEDS):
+    """How many runs the programme still lacks, counting the seeds of grids not yet complete:
+    which configuration they repeat is not known yet, how many there will be is."""
+    unknown_seeds = sum(select(record, blocks) is None for blocks in GRIDS.values()) * sum(s != 0 for s in seeds)
+    return len(todo(record, seeds=seeds)) + unknown_seeds
+
+
 def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS):
     """Run every missing run of `blocks` one after the other, each in its own process (its own
     peak memory, nothing leaking between runs), recording each result as it arrives."""
@@ -398,7 +405,7 @@ def main(argv=None):
         for run in programme() + seed_runs(record):
             print(f"{status.get(run.name, 'missing'):>8}  {run.block:>10}  {run.name}")
         print(f"{(record.status == 'ok').sum()} ok, {(record.status == 'failed').sum()} failed, "
-              f"{len(todo(record))} to run")
+              f"{still_to_run(record)} to run (the seeds of a grid once it is complete)")
     elif args.cmd == "run":
         run_programme(args.blocks, args.rerun, args.commit, args.threads, tuple(args.seeds))
     elif args.cmd == "adopt":

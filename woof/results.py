@@ -86,10 +86,10 @@ def saturation_rank(df, correct, split="val"):
 
 
 def summarize(df, correct):
-    from woof.programme import todo
+    from woof.programme import still_to_run
     zs = df[(df.name == "zero-shot") & (df.status == "ok")]
     out = {"runs": {"ok": int((df.status == "ok").sum()), "failed": int((df.status == "failed").sum()),
-                    "missing": len(todo(df))},
+                    "missing": still_to_run(df)},
            "zero_shot": _numbers(zs.iloc[0].to_dict()) if len(zs) else None, "best": {}}
     for family in FAMILIES:
         b = best(df, family)
