@@ -145,6 +145,16 @@ def test_zero_shot_sentence_follows_the_paired_tests():
     assert "only LoRA is significantly better" in one and "although" not in one
 
 
+def test_lora_size_is_the_answers_lora():
+    # The abstract and conclusion give the trainable share of the LoRA they report (the
+    # programme's val-best rank), not the pipeline's default adapter; the file size is the pipeline's.
+    ctx = {"r": {"full": {"total_params": 1000, "checkpoint_mb": 20.0}, "lora": {"checkpoint_mb": 1.25}},
+           "params": {"lora": {"rank": 8}}}
+    s = paper.lora_size_sentence({"trainable_params": 215}, ctx)
+    assert s == ("That LoRA trains 215 parameters, 21.5 % of the model's 1,000; the pipeline's rank-8 "
+                 "adapter file is 1.25 MB against 20.0 MB for a full model.")
+
+
 def test_weight_drift_sentence(tmp_path, monkeypatch):
     pipeline_outputs(tmp_path)
     (tmp_path / "metrics" / "drift.json").write_text(json.dumps(

@@ -376,7 +376,7 @@ def hardware(trains):
 
 def abstract(ctx):
     lora, full, t, source = _answer(ctx)
-    d, r = ctx["data"], ctx["r"]
+    d = ctx["data"]
     if source == "programme":
         runs = ctx["prog"]["runs"]
         which = (f"the validation-best configuration of each method among the {runs['ok']} runs of our programme"
@@ -394,7 +394,14 @@ def abstract(ctx):
             f"and compare models with paired tests. For {which}, LoRA reaches "
             f"{pct_ci(lora['test_top1'], lora['test_top1_lo'], lora['test_top1_hi'])} clean-test top-1 against "
             f"{pct_ci(full['test_top1'], full['test_top1_lo'], full['test_top1_hi'])} for full fine-tuning, and "
-            f"{_verdict(t)}. {zero_shot_sentence(ctx)} That LoRA trains {count(lora['trainable_params'])} parameters, "
+            f"{_verdict(t)}. {zero_shot_sentence(ctx)} {lora_size_sentence(lora, ctx)}")
+
+
+def lora_size_sentence(lora, ctx):
+    """How much that LoRA trains, and what an adapter file weighs (the pipeline's rank: the
+    programme keeps no checkpoints)."""
+    r = ctx["r"]
+    return (f"That LoRA trains {count(lora['trainable_params'])} parameters, "
             f"{pct(lora['trainable_params'] / r['full']['total_params'])} of the model's "
             f"{count(r['full']['total_params'])}; the pipeline's rank-{ctx['params'].get('lora', {}).get('rank', '?')} "
             f"adapter file is {r['lora']['checkpoint_mb']:.2f} MB against {r['full']['checkpoint_mb']:.1f} MB for a full model.")
@@ -846,10 +853,8 @@ def limitations(ctx):
 
 def conclusion(ctx):
     lora, full, t, source = _answer(ctx)
-    r = ctx["r"]
     return [Heading("Conclusion"),
             Para(f"On ImageWoof with ViT-Tiny, LoRA ({pct(lora['test_top1'])} clean-test top-1) and full fine-tuning "
                  f"({pct(full['test_top1'])}) end {'close' if t is None or not t['significant'] else 'apart'}: {_verdict(t)}. "
-                 f"LoRA does it with {pct(r['lora']['trainable_pct'] / 100)} of the parameters trainable and a "
-                 f"{r['lora']['checkpoint_mb']:.2f} MB adapter per task. The pipeline that produced these numbers reruns "
+                 f"{lora_size_sentence(lora, ctx)} The pipeline that produced these numbers reruns "
                  "with one command, and every sentence above follows them.")]

@@ -109,6 +109,11 @@ BLOCKS = list(dict.fromkeys([r.block for r in programme()] + ["seeds"]))
 GRIDS = {"full": ("full-lr",), "lora": ("lora-rank", "lora-lr")}  # what "val-best" is chosen among
 
 
+def extra_seeds(seeds):
+    """The seeds a configuration is rerun at: seed 0 is its grid run."""
+    return [s for s in seeds if s != 0]
+
+
 def seed_runs(record, seeds=SEEDS):
     """The val-best full and LoRA configurations at `seeds` (0 is the grid run itself); none
     until their grids are complete."""
@@ -120,7 +125,7 @@ def seed_runs(record, seeds=SEEDS):
             continue
         base = by_name[best["name"]]
         runs += [Run(f"{base.name}-seed{s}", "seeds", method, {**base.overrides, f"{method}.seed": s})
-                 for s in seeds if s != 0]
+                 for s in extra_seeds(seeds)]
     return runs
 
 
@@ -291,7 +296,7 @@ def todo(record, blocks=None, rerun=(), seeds=SEEDS):
 def still_to_run(record, seeds=SEEDS):
     """How many runs the programme still lacks, counting the seeds of grids not yet complete:
     which configuration they repeat is not known yet, how many there will be is."""
-    unknown_seeds = sum(select(record, blocks) is None for blocks in GRIDS.values()) * sum(s != 0 for s in seeds)
+    unknown_seeds = sum(select(record, blocks) is None for blocks in GRIDS.values()) * len(extra_seeds(seeds))
     return len(todo(record, seeds=seeds)) + unknown_seeds
 
 
@@ -405,7 +410,7 @@ def main(argv=None):
         for run in programme() + seed_runs(record):
             print(f"{status.get(run.name, 'missing'):>8}  {run.block:>10}  {run.name}")
         print(f"{(record.status == 'ok').sum()} ok, {(record.status == 'failed').sum()} failed, "
-              f"{still_to_run(record)} to run (the seeds of a grid once it is complete)")
+              f"{still_to_run(record)} to run (counting the seeds of grids not yet complete)")
     elif args.cmd == "run":
         run_programme(args.blocks, args.rerun, args.commit, args.threads, tuple(args.seeds))
     elif args.cmd == "adopt":

@@ -67,13 +67,20 @@ def seeds(df, name):
     return out
 
 
+def lora_runs(df, blocks=("lora-rank",)):
+    """The successful LoRA runs of `blocks`, with the rank and lr they ran at as columns."""
+    d = df[df.block.isin(blocks) & (df.status == "ok")].copy()
+    d["rank"] = [int(o["lora.rank"]) for o in d.overrides]
+    d["lr"] = [o.get("lora.lr") for o in d.overrides]
+    return d
+
+
 def saturation_rank(df, correct, split="val"):
     """The smallest LoRA rank (at the default lr, fixed alpha/r) whose val top-1 is not
     significantly below the best rank's (McNemar, 5 %): where more rank stops helping."""
-    d = df[(df.block == "lora-rank") & (df.status == "ok")].copy()
+    d = lora_runs(df)
     if not len(d):
         return None
-    d["rank"] = [o["lora.rank"] for o in d.overrides]
     top = d.sort_values("val_top1", ascending=False).iloc[0]
     for r in d.sort_values("rank").itertuples():
         if r.name == top["name"]:
@@ -102,10 +109,9 @@ def summarize(df, correct):
     bf, bl = out["best"].get("full"), out["best"].get("lora")
     out["lora_vs_full"] = paired(correct, bl["name"], bf["name"]) if bf and bl else None
     out["lora_saturation_rank"] = saturation_rank(df, correct)
-    ranks = df[(df.block == "lora-rank") & (df.status == "ok")]
-    out["lora_ranks"] = sorted(({"rank": int(o["lora.rank"]), "name": n, "val_top1": float(v), "test_top1": float(t)}
-                                for n, o, v, t in zip(ranks.name, ranks.overrides, ranks.val_top1, ranks.test_top1)),
-                               key=lambda r: r["rank"])
+    ranks = lora_runs(df).sort_values("rank")
+    out["lora_ranks"] = [{"rank": int(r), "name": n, "val_top1": float(v), "test_top1": float(t)}
+                         for r, n, v, t in zip(ranks["rank"], ranks.name, ranks.val_top1, ranks.test_top1)]
     out["throughput_defaults"] = throughput_defaults(df, correct)
     run = df.set_index("name")
     full = DEFAULTS["full"]
@@ -261,10 +267,8 @@ def plot_rank_lr(df, path):
     """LoRA val and test top-1 against rank, one line per lr; full fine-tuning's lr curve beside."""
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    d = df[df.block.isin(FAMILIES["lora"]) & (df.status == "ok")].copy()
+    d = lora_runs(df, FAMILIES["lora"])
     if len(d):
-        d["rank"] = [o["lora.rank"] for o in d.overrides]
-        d["lr"] = [o.get("lora.lr") for o in d.overrides]
         for lr, part in d.groupby("lr", sort=True):
             part = part.sort_values("rank")
             name = f"lr {lr:g}"
