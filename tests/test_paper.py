@@ -155,6 +155,20 @@ def test_lora_size_is_the_answers_lora():
                  "adapter file is 1.25 MB against 20.0 MB for a full model.")
 
 
+def test_seeds_sentence_waits_for_both_and_tests_the_seed_means():
+    # Nothing until both val-best configurations have reruns; then Welch's t-test between the
+    # seed means: a gap of a few stds is significant, one inside the spread is not.
+    seeds = lambda n, mean, std: {"seeds": {"n": n, "test_top1": {"mean": mean, "std": std}}}  # noqa: E731
+    assert paper.seeds_sentence(seeds(3, 0.90, 0.004), seeds(1, 0.89, None)) == ""
+    assert paper.seeds_sentence({"test_top1": 0.9}, seeds(3, 0.89, 0.004)) == ""
+    s = paper.seeds_sentence(seeds(3, 0.902, 0.006), seeds(3, 0.898, 0.004))
+    assert s.startswith("Over 3 and 3 seeds the two score 90.2 ± 0.6 % and 89.8 ± 0.4 % on clean test "
+                        "(Welch's t-test between the seed means: p = 0.")
+    p = lambda s: float(s.split("p = ")[1].rstrip("). "))  # noqa: E731
+    assert p(s) > 0.3
+    assert p(paper.seeds_sentence(seeds(3, 0.91, 0.002), seeds(3, 0.89, 0.003))) < 0.01
+
+
 def test_weight_drift_sentence(tmp_path, monkeypatch):
     pipeline_outputs(tmp_path)
     (tmp_path / "metrics" / "drift.json").write_text(json.dumps(

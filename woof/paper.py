@@ -394,7 +394,21 @@ def abstract(ctx):
             f"and compare models with paired tests. For {which}, LoRA reaches "
             f"{pct_ci(lora['test_top1'], lora['test_top1_lo'], lora['test_top1_hi'])} clean-test top-1 against "
             f"{pct_ci(full['test_top1'], full['test_top1_lo'], full['test_top1_hi'])} for full fine-tuning, and "
-            f"{_verdict(t)}. {zero_shot_sentence(ctx)} {lora_size_sentence(lora, ctx)}")
+            f"{_verdict(t)}. {seeds_sentence(lora, full)}{zero_shot_sentence(ctx)} {lora_size_sentence(lora, ctx)}")
+
+
+def seeds_sentence(lora, full):
+    """Both val-best configurations' test top-1 over their seeds, and Welch's t-test between the
+    seed means, which weighs the gap against seed-to-seed variation ("" until both have reruns)."""
+    from scipy.stats import ttest_ind_from_stats
+    sl, sf = lora.get("seeds", {}), full.get("seeds", {})
+    if sl.get("n", 0) < 2 or sf.get("n", 0) < 2:
+        return ""
+    ml, mf = sl["test_top1"], sf["test_top1"]
+    p = ttest_ind_from_stats(ml["mean"], ml["std"], sl["n"], mf["mean"], mf["std"], sf["n"], equal_var=False).pvalue
+    ms = lambda m: f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} %"  # noqa: E731
+    return (f"Over {sl['n']} and {sf['n']} seeds the two score {ms(ml)} and {ms(mf)} on clean test "
+            f"(Welch's t-test between the seed means: {pvalue(p)}). ")
 
 
 def lora_size_sentence(lora, ctx):
@@ -856,5 +870,5 @@ def conclusion(ctx):
     return [Heading("Conclusion"),
             Para(f"On ImageWoof with ViT-Tiny, LoRA ({pct(lora['test_top1'])} clean-test top-1) and full fine-tuning "
                  f"({pct(full['test_top1'])}) end {'close' if t is None or not t['significant'] else 'apart'}: {_verdict(t)}. "
-                 f"{lora_size_sentence(lora, ctx)} The pipeline that produced these numbers reruns "
+                 f"{seeds_sentence(lora, full)}{lora_size_sentence(lora, ctx)} The pipeline that produced these numbers reruns "
                  "with one command, and every sentence above follows them.")]
