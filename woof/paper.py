@@ -405,10 +405,11 @@ def seeds_sentence(lora, full):
     if sl.get("n", 0) < 2 or sf.get("n", 0) < 2:
         return ""
     ml, mf = sl["test_top1"], sf["test_top1"]
+    # NaN when every seed of both scored alike: no spread, no test.
     p = ttest_ind_from_stats(ml["mean"], ml["std"], sl["n"], mf["mean"], mf["std"], sf["n"], equal_var=False).pvalue
     ms = lambda m: f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} %"  # noqa: E731
     return (f"Over {sl['n']} and {sf['n']} seeds the two score {ms(ml)} and {ms(mf)} on clean test "
-            f"(Welch's t-test between the seed means: {pvalue(p)}). ")
+            f"(Welch's t-test between the seed means: {pvalue(p) if p == p else 'undefined, no spread across seeds'}). ")
 
 
 def lora_size_sentence(lora, ctx):
