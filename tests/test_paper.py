@@ -167,7 +167,8 @@ def test_seeds_sentence_waits_for_both_and_tests_the_seed_means():
     p = lambda s: float(s.split("p = ")[1].rstrip("). "))  # noqa: E731
     assert p(s) > 0.3
     assert p(paper.seeds_sentence(seeds(3, 0.91, 0.002), seeds(3, 0.89, 0.003))) < 0.01
-    assert "undefined, no spread across seeds" in paper.seeds_sentence(seeds(2, 0.9, 0.0), seeds(2, 0.9, 0.0))
+    assert "(Welch's t-test between the seed means: p undefined)" in paper.seeds_sentence(seeds(2, 0.9, 0.0),
+                                                                                        seeds(2, 0.9, 0.0))
 
 
 def test_weight_drift_sentence(tmp_path, monkeypatch):

@@ -307,7 +307,14 @@ def pct_ci(x, lo, hi, digits=1):
 
 
 def pvalue(p):
+    if math.isnan(p):  # a test with nothing to test, e.g. Welch's t on samples without spread
+        return "p undefined"
     return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
+
+
+def mean_std(m):
+    """Points, from a {"mean", "std"} of fractions (woof.results.seeds)."""
+    return f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
 
 
 def count(n):
@@ -405,11 +412,9 @@ def seeds_sentence(lora, full):
     if sl.get("n", 0) < 2 or sf.get("n", 0) < 2:
         return ""
     ml, mf = sl["test_top1"], sf["test_top1"]
-    # NaN when every seed of both scored alike: no spread, no test.
     p = ttest_ind_from_stats(ml["mean"], ml["std"], sl["n"], mf["mean"], mf["std"], sf["n"], equal_var=False).pvalue
-    ms = lambda m: f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} %"  # noqa: E731
-    return (f"Over {sl['n']} and {sf['n']} seeds the two score {ms(ml)} and {ms(mf)} on clean test "
-            f"(Welch's t-test between the seed means: {pvalue(p) if p == p else 'undefined, no spread across seeds'}). ")
+    return (f"Over {sl['n']} and {sf['n']} seeds the two score {mean_std(ml)} % and {mean_std(mf)} % on clean test "
+            f"(Welch's t-test between the seed means: {pvalue(p)}). ")
 
 
 def lora_size_sentence(lora, ctx):
@@ -595,8 +600,7 @@ def programme_results(ctx):
     rows = []
     for family, b in prog["best"].items():
         s = b["seeds"]
-        seeds = (f"{100 * s['test_top1']['mean']:.1f} ± {100 * s['test_top1']['std']:.1f} ({s['n']})"
-                 if s["n"] > 1 else "-")
+        seeds = f"{mean_std(s['test_top1'])} ({s['n']})" if s["n"] > 1 else "-"
         rows.append([LABELS[family], f"`{b['name']}`", pct(b["val_top1"]),
                      pct_ci(b["test_top1"], b["test_top1_lo"], b["test_top1_hi"]), seeds,
                      count(b["trainable_params"]), f"{b['train_minutes']:.1f}"])
