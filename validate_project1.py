@@ -1,11 +1,11 @@
 """Entry point for the original assignment's graders: `from validate_project1 import load_my_models`."""
-import woof
+from woof.models import load_models
 
 
 def load_my_models(device="cpu"):
     """{"full": fine-tuned ViT, "lora": the LoRA model merged into a plain ViT}, in eval mode.
     Needs the trained models of `dvc repro` in models/."""
-    return woof.load_models(device=device)
+    return load_models(device=device)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-"""paper stage: report.md (the GitHub view) and report.pdf (Typst) from one document model built
-from metrics/ and plots/ (logic in woof/paper.py)."""
-from woof import paper
-from woof.io import load_params
+"""paper stage: report.md (the GitHub view) and report.pdf (Typst) from the compare stage's results
+(metrics/compare.json) and figures, and README.md's results block. Words in woof/paper.py,
+typesetting in woof/document.py; nothing here trains or computes."""
+from woof import document, paper
 from woof.errors import run_stage
+from woof.io import load_params
 
 
 def main():
-    doc = paper.build("metrics", "plots", load_params("params.yaml"))
-    paper.write(doc, "report.md", "report.pdf", ".")
-    print(f"report.md and report.pdf: {sum(isinstance(b, paper.Figure) for b in doc.blocks)} figures, "
-          f"{sum(isinstance(b, paper.Table) for b in doc.blocks)} tables, {len(paper.cited(doc))} references")
+    doc = paper.build("metrics/compare.json", "plots", load_params("params.yaml"))
+    document.write(doc, "report.md", "report.pdf", ".")
+    readme = paper.write_readme("README.md", "metrics/compare.json")
+    print(f"report.md and report.pdf: {sum(isinstance(b, document.Figure) for b in doc.blocks)} figures, "
+          f"{sum(isinstance(b, document.Table) for b in doc.blocks)} tables, {len(document.cited(doc))} references"
+          + ("; README.md's results block rewritten" if readme else ""))
 
 
 if __name__ == "__main__":

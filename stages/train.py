@@ -9,10 +9,11 @@ from pathlib import Path
 import torch.distributed as dist
 
 from woof import config
-from woof.data import load_classes, load_split, sha256_file
-from woof.errors import ParamError, run_stage
+from woof.data import check_splits, load_classes, load_split, sha256_file
+from woof.errors import ParamError, capped, run_stage
 from woof.io import write_csv, write_json
-from woof.models import pretrained_weights, save_model
+from woof.models import check_method, check_weights_file, only_classifier_trains, pretrained_weights, save_model
+from woof.step import Method
 from woof.train import init_distributed, train_method
 
 TRAIN = "data/prepared/train.safetensors"
@@ -22,16 +23,27 @@ def main(method):
     if method not in ("full", "lora"):
         raise ParamError(f"usage: python -m stages.train full|lora (got {method!r})")
     cfg = config.load()  # data.image_size was checked against the model by preprocess
+    recipe = cfg.method(method)
+    # Every param and input is checked before the model is built and the first step runs.
+    probe = only_classifier_trains(check_method(cfg.model.name, Method.of(recipe), method))
+    weights = pretrained_weights(cfg.model)  # which bytes the run starts from
+    if weights and getattr(recipe, "pretrained", True):
+        check_weights_file(weights, cfg.model.name)
     rank, world, device = init_distributed(cfg.train.device)
     classes = load_classes("data/prepared/classes.json")
     train, val = load_split(TRAIN), load_split("data/prepared/val.safetensors")  # never test
+    check_splits({"train": train, "val": val}, len(classes), cfg.data.image_size)
+    if probe:  # the linear probe's batches are of cached features: one batch of them all at most
+        capped(f"{method}.batch_size", recipe.batch_size, len(train[1]), f"the training images in {TRAIN}")
+    elif recipe.batch_size > len(train[1]):
+        raise ParamError(f"{method}.batch_size={recipe.batch_size} is more than the {len(train[1])} training images "
+                         f"in {TRAIN}: use a smaller {method}.batch_size (or a larger data.train_fraction)")
     # The resume checkpoint lives outside the DVC output: outputs are deleted before a stage runs,
     # and `persist: true` would switch off DVC's run-cache for the stage.
     out, ckpt_dir = Path("models") / method, Path("checkpoints") / method
     model, history, metrics = train_method(method, cfg, classes, train, val, ckpt_dir, device, TRAIN,
                                            live_dir=f"dvclive/train_{method}")
     if rank == 0:
-        weights = pretrained_weights(cfg.model)  # which bytes the run started from
         metrics["pretrained_weights_sha256"] = sha256_file(weights) if weights else "timm hub default"
         model = model.cpu()
         saved = {"model": cfg.model.name, "num_classes": len(classes), "image_size": cfg.data.image_size,

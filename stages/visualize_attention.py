@@ -12,10 +12,10 @@ import torch
 
 from woof import attention, config
 from woof.data import load_classes, load_split, normalize
-from woof.errors import run_stage
+from woof.errors import InputError, capped, run_stage
 from woof.evaluate import predict
 from woof.io import write_json
-from woof.models import create_model, data_config, load_model, pretrained_weights
+from woof.models import create_model, data_config, load_model, zero_shot_model
 
 CLASSES = "data/prepared/classes.json"
 PLOTS = {"cls": "plots/attention_cls.png", "rollout": "plots/attention_rollout.png"}
@@ -44,17 +44,16 @@ def main():
     images, labels = load_split(f"data/prepared/{split}.safetensors")  # uint8 (N, 3, S, S), int64 (N,)
     classes = load_classes(CLASSES)
     names = [c["name"] for c in classes]
+    num_images = capped("attention.num_images", num_images, len(labels), f"the images of data/prepared/{split}.safetensors")
     idx = attention.choose_images(labels, num_images, seed)
     images, labels = images[idx], labels[idx]  # (B, 3, S, S), (B,)
 
     # The pretrained model with its ImageNet head restricted to our 10 classes = zero-shot baseline.
-    models = {"pretrained": create_model(p_model.name, num_classes=len(classes), img_size=size,
-                                         weights=pretrained_weights(p_model),
-                                         class_indices=[c["imagenet_index"] for c in classes]).eval()}
+    models = {"pretrained": zero_shot_model(p_model, classes, size).eval()}
     for method in ("full", "lora"):
         model, saved = load_model(f"models/{method}")
         if saved.get("classes") and saved["classes"] != [c["wnid"] for c in classes]:
-            raise ValueError(f"models/{method} was trained on classes in another order than {CLASSES}")
+            raise InputError(f"models/{method} was trained on classes in another order than {CLASSES}")
         models[method] = model
 
     cls_maps, rollout_maps, preds = {}, {}, {}

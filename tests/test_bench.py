@@ -89,3 +89,24 @@ def test_settings_summary_finds_the_fastest_setting_and_pairs_lora_with_the_boun
     assert set(bench.SETTING_ROWS) >= set(results)  # the summary finds its rows by these names
     del results["full fine-tuning, eager bf16"]
     assert bench.settings_summary(results) == ""
+
+
+def test_dora_costs_pair_dora_with_lora_at_the_same_rank():
+    lora, dora = "LoRA ours r=8 qkv+proj+fc1+fc2 +head", "DoRA ours r=8 qkv+proj+fc1+fc2 +head"
+    results = bench.run({name: bench.DORA_ROWS[name] for name in (lora, dora)}, batch_size=2, image_size=32,
+                        steps=1, warmup=0)
+    # One magnitude per output channel of qkv, proj, fc1 and fc2 in each of the 12 blocks.
+    assert results[dora]["trainable"] == results[lora]["trainable"] + 12 * (576 + 192 + 768 + 192)
+    times = [0.5 + 0.01 * i for i in range(8)]
+    results = {lora: {"times": times}, dora: {"times": [1.2 * t for t in times]}}
+    assert bench.dora_costs(results) == f"- {dora}: 1.20x the step time of {lora} (IQR 1.20-1.20)"
+    # DORA_PAIRS finds its rows by name: a renamed row would drop its line without a word.
+    for row, ref in bench.DORA_PAIRS:
+        assert {row, ref} <= set(bench.DORA_ROWS), (row, ref)
+
+
+def test_bench_imports_no_training_loop():
+    """The benchmark measures steps (woof.step); it takes `machine` from woof.io, not woof.train."""
+    from test_deps import imported_modules
+    assert bench.machine.__module__ == "woof.io"
+    assert "woof.train" not in imported_modules(ROOT / "woof" / "bench.py")

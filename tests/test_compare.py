@@ -1,5 +1,6 @@
-"""The compare stage on small fabricated metrics files: table numbers, compare.json deltas, a
-discussion that follows the numbers, clear errors for missing inputs, figures written."""
+"""The compare stage on small fabricated metrics files: the numbers and deltas in compare.json, a
+discussion that follows them, clear errors for missing inputs, figures written; and the
+programme's record beside the pipeline only when both come from the same archive and weights."""
 import json
 import runpy
 from pathlib import Path
@@ -9,7 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from woof import report
+from woof import compare, paper
+from woof.io import write_json
+from woof.record import accuracy_columns, write_row
 from woof.stats import accuracy_ci
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,12 +72,24 @@ def fabricate(root, full_top1=0.95, lora_top1=0.90, n=1000, extra_disagree=0):
                  ).to_csv(p / "per_class.csv", index=False)
     (root / "params.yaml").write_text(yaml.safe_dump(
         {"model": {"name": "vit_tiny_patch16_224", "weights": None}, "data": {"image_size": 160, "train_fraction": 1.0},
-         "full": {"epochs": 2, "lr": 1e-4}, "lora": {"epochs": 2, "rank": 8, "alpha": 16, "targets": ["qkv", "proj"]}}))
+         "train": {"precision": "fp32", "compile": False},
+         "full": {"epochs": 2, "lr": 5e-5}, "lora": {"epochs": 2, "lr": 3e-4, "rank": 8, "alpha": 16, "targets": ["qkv", "proj"]}}))
+
+
+def results_of(root, record=None, correct=None):
+    """compare.json as the compare stage computes it (as JSON, so NaN is null)."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    res = compare.build(root / "metrics", root / "plots" / "predictions", params, record, correct)
+    return json.loads(json.dumps(res))
 
 
 def discussion_of(root):
-    paired = report.paired_tests(root / "plots" / "predictions")
-    return " ".join(report.discussion(report.collect(root / "metrics", root / "plots"), paired["test"]))
+    """The pipeline's three discussion paragraphs (woof.paper.pipeline_discussion), worded from
+    the compare stage's numbers and verdicts."""
+    res = results_of(root)
+    ctx = {"r": {m: res[m] for m in ("zero_shot", "full", "lora")}, "v": res["verdicts"], "split": res["split"],
+           "paired": res["paired"][res["split"]]}
+    return " ".join(paper.pipeline_discussion(ctx))
 
 
 # As woof.attention.attention_metrics writes it: entropies normalised to [0, 1], centre masses are
@@ -92,44 +107,46 @@ def run_stage(root, monkeypatch):
     runpy.run_path(str(REPO / "stages" / "compare.py"), run_name="__main__")
 
 
-def table_rows_text(text):
-    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in text.splitlines() if line.startswith("| ") and "Method" not in line}
-
-
-def table_rows(df):
-    return table_rows_text(report.markdown_table(df))
-
-
-def test_stage_writes_table_json_figures(tmp_path, monkeypatch, capsys):
+def test_stage_writes_json_and_figures(tmp_path, monkeypatch, capsys):
     fabricate(tmp_path)
     run_stage(tmp_path, monkeypatch)
-    assert table_rows_text(capsys.readouterr().out)["Full fine-tuning"][0] == "95.00"  # printed too
-    rows = table_rows(report.collect(tmp_path / "metrics", tmp_path / "plots"))
-    # columns: test top1, CI, top5, loss, val top1, minutes, img/s, trainable, total, trainable %,
-    # peak MB, checkpoint MB
-    assert rows["Full fine-tuning"][:5] == ["95.00", "93.5-96.2", "99.50", "0.200", "93.00"]
-    assert rows["LoRA"][0] == "90.00" and rows["Zero-shot"][0] == "80.00"
-    assert rows["LoRA"][7:10] == ["125,000", "5,000,000", "2.50"]
-    assert rows["Zero-shot"][7:10] == ["0", "5,000,000", "0.00"]
-    assert rows["LoRA"][11] == "0.50" and rows["Full fine-tuning"][11] == "20.00"  # adapter vs model
-    assert rows["Zero-shot"][11] == "—"
+    assert "full 0.9500" in capsys.readouterr().out  # printed too
 
     out = json.loads((tmp_path / "metrics" / "compare.json").read_text())
+    # per method: test top1, CI, top5, loss, val top1, trainable, total, trainable %, checkpoint MB
+    full, lora, zs = out["full"], out["lora"], out["zero_shot"]
+    assert [round(100 * full["top1"], 2), f"{100 * full['top1_lo']:.1f}-{100 * full['top1_hi']:.1f}",
+            round(100 * full["top5"], 2), full["loss"], round(100 * full["val_top1"], 2)] == [95.0, "93.5-96.2", 99.5, 0.2, 93.0]
+    assert lora["top1"] == pytest.approx(0.90) and zs["top1"] == pytest.approx(0.80)
+    assert (lora["trainable_params"], lora["total_params"], lora["trainable_pct"]) == (125_000, 5_000_000, 2.5)
+    assert (zs["trainable_params"], zs["total_params"], zs["trainable_pct"]) == (0, 5_000_000, 0.0)
+    assert (full["train_minutes"], lora["train_minutes"], zs["train_minutes"]) == (20.0, 10.0, 0.0)
+    assert (full["peak_memory_mb"], lora["peak_memory_mb"]) == (2000.0, 1500.0)
     assert out["lora_minus_full_top1"] == pytest.approx(-0.05)
     assert out["full_minus_zero_shot_top1"] == pytest.approx(0.15)
     assert out["lora_trainable_pct"] == pytest.approx(2.5)
     assert out["lora_speedup"] == pytest.approx(2.0)
     assert out["lora_checkpoint_ratio"] == pytest.approx(0.025)
-    assert out["lora"]["checkpoint_mb"] == 0.5 and out["zero_shot"]["checkpoint_mb"] is None
+    assert out["lora"]["checkpoint_mb"] == 0.5 and out["zero_shot"]["checkpoint_mb"] is None  # adapter vs model
+    assert out["full"]["checkpoint_mb"] == 20.0
     assert out["lora"]["top1_lo"] < 0.90 < out["lora"]["top1_hi"] and out["lora"]["val_top1"] == pytest.approx(0.88)
     t = out["paired"]["test"]["lora_vs_full"]
     assert (t["a_only"], t["b_only"], t["n"], t["significant"]) == (0, 50, 1000, True)
     assert t["difference"] == pytest.approx(-0.05) and t["difference_ci"][1] < 0
     assert out["paired"]["val"]["full_vs_zero_shot"]["difference"] == pytest.approx(0.13)
+    assert out["split"] == "test" and out["verdicts"]["lora_behind"] and not out["verdicts"]["lora_ahead"]
     for k in ("accuracy", "params", "curves", "per_class"):
         assert (tmp_path / "plots" / f"compare_{k}.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.rglob(".*.png*"))  # no temporary files left behind
+
+
+def test_stage_without_a_record(tmp_path, monkeypatch):
+    """No programme record: an empty summary, not an error (programme.md says how to make one)."""
+    fabricate(tmp_path)
+    run_stage(tmp_path, monkeypatch)
+    assert json.loads((tmp_path / "metrics" / "compare.json").read_text())["programme"] is None
+    assert "make programme" in (tmp_path / "metrics" / "programme.md").read_text()
+    assert (tmp_path / "plots" / "programme").is_dir()
 
 
 def test_discussion_sentences(tmp_path):
@@ -178,12 +195,17 @@ def test_discussion_flips_with_the_paired_test(tmp_path):
 
 def test_cost_columns_when_present(tmp_path):
     fabricate(tmp_path)
+    lenet = dict(weights_mb=0.5, grads_mb=0.5, optimizer_mb=1.0, activations_mb=2.0, inference_flops=1e9)
     (tmp_path / "metrics" / "cost.json").write_text(json.dumps(
-        {"full": {"train_flops": 3e11, "inference_flops": 1e9}, "lora": {"train_flops": 2e11, "inference_flops": 1e9}}))
-    df = report.collect(tmp_path / "metrics", tmp_path / "plots")
-    assert list(df.method) == ["zero_shot", "full", "lora"]
-    table = report.markdown_table(df)
-    assert "Train GFLOPs/step" in table and table_rows_text(table)["Full fine-tuning"][-2] == "300.0"
+        {"blocks": 12, "full": dict(lenet, trainable_params=5_000_000, train_flops=3e11),
+         "lora": dict(lenet, trainable_params=125_000, train_flops=2e11)}))
+    assert list(compare.collect(tmp_path / "metrics").method) == ["zero_shot", "full", "lora"]
+    res = results_of(tmp_path)
+    assert res["cost"]["full"]["train_flops"] == 3e11 and res["cost"]["blocks"] == 12
+    table = next(b for b in paper.cost_results({"cost": res["cost"], "r": res}) if hasattr(b, "rows"))
+    assert "train GFLOPs/step" in table.header
+    rows = {r[0]: r for r in table.rows}
+    assert rows["full fine-tuning"][table.header.index("train GFLOPs/step")] == "300.0"
 
 
 @pytest.mark.parametrize("missing", ["metrics/evaluate.json", "metrics/train_full.json",
@@ -205,3 +227,85 @@ def test_gpu_memory_is_a_ratio(tmp_path):
         train.update(peak_memory_kind="cuda_allocated", hardware="NVIDIA H100 80GB HBM3")
         path.write_text(json.dumps(train))
     assert "Peak GPU memory held by tensors was 1500 MB against 2000 MB (25 % less)." in discussion_of(tmp_path)
+
+
+# ---------------------------------------------------------------- the programme's record beside the pipeline
+
+ARCHIVE, WEIGHTS = "a" * 64, "e" * 64  # what the fabricated pipeline learnt from
+# name: (block, method, overrides, images right of 200 on test and val, trainable params)
+RECORD_RUNS = {"zero-shot": ("baseline", "zero_shot", {}, 172, 0),
+               "full-lr5e-05": ("full-lr", "full", {"full.lr": 5e-5}, 184, 5_000_000),
+               "lora-r8": ("lora-rank", "lora", {"lora.rank": 8, "lora.alpha": 16, "lora.lr": 3e-4}, 182, 150_000)}
+
+
+def fabricate_record(root, archive, weights, n=200):
+    """A programme record (metrics/experiments.csv and its per-image files) of three runs on n
+    images, learnt from `archive` and `weights`; the pipeline's metrics name ARCHIVE and WEIGHTS."""
+    m = root / "metrics"
+    data = json.loads((m / "data.json").read_text())
+    (m / "data.json").write_text(json.dumps(dict(data, archive_sha256=ARCHIVE)))
+    full = json.loads((m / "train_full.json").read_text())
+    (m / "train_full.json").write_text(json.dumps(dict(full, pretrained_weights_sha256=WEIGHTS)))
+    (m / "cost.json").write_text(json.dumps({"blocks": 12}))
+    for name, (block, method, overrides, right, trainable) in RECORD_RUNS.items():
+        correct = {s: "1" * right + "0" * (n - right) for s in ("val", "test")}  # nested: every pair is paired
+        write_json(m / "experiments" / f"{name}.json",
+                   {"name": name, "overrides": overrides, "history": [], "correct": correct,
+                    "files_sha": {"val": "v", "test": "t"}})
+        write_row({"name": name, "block": block, "method": method, "overrides": json.dumps(overrides),
+                   "status": "ok", "error": "", **accuracy_columns(correct, {"val": 0.99, "test": 0.99}),
+                   "train_images": 0 if method == "zero_shot" else 3000,
+                   "train_minutes": 0.0 if method == "zero_shot" else 30.0, "train_images_per_s": 50.0,
+                   "trainable_params": trainable, "total_params": 5_000_000, "peak_memory_mb": 2500.0,
+                   "epochs": 5, "precision": "fp32", "archive_sha256": archive, "weights_sha256": weights},
+                  m / "experiments.csv")
+
+
+def paper_of(root):
+    doc = paper.build(root / "metrics" / "compare.json", root / "plots", yaml.safe_load((root / "params.yaml").read_text()))
+    return doc.abstract, " ".join(getattr(b, "text", "") for b in doc.blocks)
+
+
+def test_record_from_another_archive_is_never_paired_with_the_pipeline(tmp_path, monkeypatch):
+    """The pipeline ran on one archive (zero-shot 80.0 % on its 1,000 test images), the record on
+    another (zero-shot 86.0 % on 200): compare says they differ, and the paper says so plainly and
+    sets the programme's runs only beside the programme's own zero-shot run."""
+    fabricate(tmp_path)
+    fabricate_record(tmp_path, archive="b" * 64, weights=WEIGHTS)
+    run_stage(tmp_path, monkeypatch)
+    out = json.loads((tmp_path / "metrics" / "compare.json").read_text())
+    prov = out["provenance"]
+    assert prov["same_data"] is False
+    assert prov["pipeline"] == {"archive_sha256": ARCHIVE, "weights_sha256": WEIGHTS}
+    assert prov["programme"] == {"archive_sha256": ["b" * 64], "weights_sha256": [WEIGHTS]}
+    prog = out["programme"]
+    assert prog["runs"]["ok"] == 3 and prog["zero_shot"]["test_top1"] == pytest.approx(0.86)
+    assert prog["best"]["full"]["vs_zero_shot"]["test"]["n"] == 200  # paired on the record's own images
+    # The share of the LoRA the paper reports (the programme's), of the plain model's parameters.
+    assert prog["best"]["lora"]["trainable_share"] == pytest.approx(150_000 / 5_000_000)
+
+    abstract, body = paper_of(tmp_path)
+    assert ("The pipeline's own runs in this report used another archive or other weights than the programme "
+            f"(archive sha256 {'a' * 12} against {'b' * 12}), so their numbers are shown apart and never paired "
+            "with the programme's.") in abstract
+    assert "LoRA reaches 91.0 %" in abstract and "against 92.0 %" in abstract  # the programme's val-best runs
+    assert "zero-shot ImageNet head (86.0 %)" in abstract and "80.0 %" not in abstract
+    assert "the zero-shot head already scores 86.0 %, so fine-tuning adds +6.0 (full) and +5.0 (LoRA) points" in body
+    assert "+15.0 (full)" not in body
+
+
+def test_record_from_the_same_archive(tmp_path):
+    fabricate(tmp_path)
+    fabricate_record(tmp_path, archive=ARCHIVE, weights=WEIGHTS)
+    from woof.record import load
+    df, correct = load(tmp_path / "metrics" / "experiments.csv", tmp_path / "metrics" / "experiments")
+    write_json(tmp_path / "metrics" / "compare.json", results_of(tmp_path, df, correct))
+    out = json.loads((tmp_path / "metrics" / "compare.json").read_text())
+    assert out["provenance"]["same_data"] is True
+    abstract, _ = paper_of(tmp_path)
+    assert "another archive" not in abstract and "zero-shot ImageNet head (86.0 %)" in abstract
+
+    # Other weights alone are other data too.
+    fabricate_record(tmp_path, archive=ARCHIVE, weights="f" * 64)
+    df, correct = load(tmp_path / "metrics" / "experiments.csv", tmp_path / "metrics" / "experiments")
+    assert not results_of(tmp_path, df, correct)["provenance"]["same_data"]

@@ -12,6 +12,7 @@ from conftest import WNIDS, add_bytes, jpeg_bytes, make_archive
 from woof.data import (center_crop, fetch, load_classes, load_eval_splits, load_split, pil_transform, preprocess,
                        random_resized_crop_flip, sha256_file, stratified_subset)
 from woof.errors import UserError
+from woof.io import read_json
 from woof.models import create_model, data_config
 
 
@@ -106,7 +107,7 @@ def test_clean_test_split_moves_every_imagenet_val_file(archive, tmp_path, cfg):
                      "train_images": 40, "train_imagenet_val_origin": 0,
                      "val_images": 20, "val_imagenet_val_origin": 0,
                      "test_images": 30, "test_imagenet_val_origin": 30}
-    files = load_classes(tmp_path / "prepared" / "files.json")
+    files = read_json(tmp_path / "prepared" / "files.json")
     every = [f for split in files.values() for f in split]
     assert len(every) == len(set(every)) == 90  # each file in exactly one split
     assert all(Path(f).name.startswith("ILSVRC2012_val_") for f in files["test"])

@@ -1,5 +1,7 @@
 """woof.lora: exactness at init, freezing, merging, checkpoints, parameter counts, PEFT parity,
-input validation, and the fused autograd function against the textbook two-branch formulation."""
+input validation, and the fused autograd function against the textbook two-branch formulation;
+the same for DoRA."""
+import ast
 import copy
 import functools
 
@@ -10,10 +12,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import LeNet5
-from woof.lora import (LoRAConv2d, LoRALinear, _MergedLoRAConv2d, _MergedLoRALinear, apply_lora,
-                       is_lora_name, load_lora, load_lora_state_dict, lora_modules,
-                       lora_state_dict, merge_lora, save_lora, set_lora_enabled)
-from woof.models import count_parameters, only_classifier_trains, set_trainable
+from woof import lora
+from woof.lora import (DoRAConv2d, DoRALinear, LoRAConv2d, LoRALinear, _MergedDoRAConv2d, _MergedDoRALinear,
+                       _MergedLoRAConv2d, _MergedLoRALinear, is_lora_name, load_lora, load_lora_state_dict,
+                       lora_modules, lora_state_dict, merge_lora, save_lora, set_lora_enabled)
+from woof.models import count_parameters, only_classifier_trains, set_trainable, trainable_prefixes
+
+
+def apply_lora(model, targets, trainable=("head",), **kwargs):
+    """The library as woof calls it (woof.step.Method): `trainable` names resolved by
+    woof.models.trainable_prefixes, where "head" also means timm's classifier."""
+    return lora.apply_lora(model, targets, trainable=trainable_prefixes(model, trainable), **kwargs)
 
 VIT_TARGETS = r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 QKV = r"blocks\.\d+\.attn\.qkv"
@@ -49,11 +58,14 @@ def images(n=2, size=32, channels=3, seed=1):  # 32 px: 4 patches for the ViT, 1
 
 
 def randomize_adapters(model, std=0.05, seed=2):
-    """B starts at zero, which would make merge tests vacuous: give every adapter a real update."""
+    """B starts at zero, which would make merge tests vacuous: give every adapter a real update
+    (and every DoRA magnitude a move of a few per cent)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, m in lora_modules(model):
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * std)
+            if hasattr(m, "lora_magnitude"):
+                m.lora_magnitude.mul_(1 + torch.randn(m.lora_magnitude.shape, generator=g) * std)
 
 
 def set_fused(model, fused):
@@ -255,6 +267,29 @@ def test_parameter_counts_vit_tiny():
     assert counts["total"] == 5_526_346 + 12 * 8 * (192 + 576)
 
 
+# ---- the library stands alone: woof's meaning of "head" lives in woof.models
+
+def test_library_imports_only_torch_and_safetensors():
+    tree = ast.parse(open(lora.__file__).read())
+    imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"copy", "math", "numbers", "os", "re", "torch", "safetensors"}, imported
+
+
+def test_library_trainable_is_literal_prefixes_or_a_predicate():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    wrap = functools.partial(lora.apply_lora, targets="0", rank=1, alpha=1)
+    assert trainable_names(wrap(copy.deepcopy(net))) == ["0.lora_A", "0.lora_B"]  # default: adapters only
+    assert trainable_names(wrap(copy.deepcopy(net), trainable="1")) == ["0.lora_A", "0.lora_B", "1.weight", "1.bias"]
+    assert trainable_names(wrap(copy.deepcopy(net), trainable=lambda n: n.endswith("bias"))) == [
+        "0.bias", "0.lora_A", "0.lora_B", "1.bias"]
+    model = resnet()  # the library's "head" is literal: a ResNet has none (woof resolves it to `fc`)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"\['head'\] match no parameter.*trainable=\(\)"):
+        lora.apply_lora(model, RESNET_TARGETS, rank=2, alpha=2, trainable=("head",))
+    assert_same_snapshot(before, snapshot(model))
+
+
 # ---- HF PEFT parity
 
 @pytest.mark.parametrize("name,rslora", [("vit", False), ("vit", True), ("resnet", False)])
@@ -335,10 +370,11 @@ def test_fused_functions_gradcheck():
                                       rand(4, 2, 1, 1), 0.5, stride, padding, dilation))
 
 
+@pytest.mark.parametrize("dora", [False, True])
 @pytest.mark.parametrize("name", MODELS)
-def test_fused_gradients_match_two_branch_gradients(name):
+def test_fused_gradients_match_two_branch_gradients(name, dora):
     make, targets = MODELS[name]
-    model = apply_lora(make().eval().double(), targets, rank=4, alpha=8)
+    model = apply_lora(make().eval().double(), targets, rank=4, alpha=8, dora=dora)
     randomize_adapters(model)
     x, labels = images().double(), torch.tensor([1, 2])
     grads = []
@@ -443,3 +479,148 @@ def test_benchmark_ablation_skips_only_the_adapter_gradients():
     assert seen, "no gradient reached block 0"
     assert not torch.equal(model.pos_embed, pos_embed)
     assert torch.equal(model.blocks[0].attn.qkv.lora_A, lora_a)
+
+
+# ---- DoRA
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8))
+
+
+def convnet():  # padding, stride, no bias (PEFT's adapter ignores dilation: the reference test has it)
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                         nn.Conv2d(8, 4, 1, bias=False))
+
+
+DORA_MODELS = {"mlp": (mlp, ["0", "2"], lambda: torch.randn(5, 3, 16, generator=torch.Generator().manual_seed(1))),
+               "convnet": (convnet, ["0", "2", "3"], lambda: images(size=9)),
+               "vit": (vit, VIT_TARGETS, images)}
+
+
+def peft_name(name):
+    """Our parameter's name in a PEFT model with modules_to_save=["head"]."""
+    for ours, theirs in (("lora_A", "lora_A.default.weight"), ("lora_B", "lora_B.default.weight"),
+                         ("lora_magnitude", "lora_magnitude_vector.default.weight"), ("head.", "head.modules_to_save.default.")):
+        name = name.replace(ours, theirs)
+    return f"base_model.model.{name}"
+
+
+@pytest.mark.parametrize("name,dropout", [("mlp", 0.0), ("mlp", 0.3), ("convnet", 0.0), ("vit", 0.0)])
+def test_dora_matches_peft_outputs_and_gradients(name, dropout):
+    """Same weights, same input (same dropout mask): PEFT's use_dora=True computes the same
+    output and the same gradient for every trainable parameter, magnitudes and head included."""
+    peft = pytest.importorskip("peft")
+    make, targets, inputs = DORA_MODELS[name]
+    base = make()
+    head = ["head"] if name == "vit" else []
+    ours = lora.apply_lora(copy.deepcopy(base), targets, rank=4, alpha=8, dropout=dropout, dora=True, trainable=head)
+    randomize_adapters(ours)
+    config = peft.LoraConfig(target_modules=targets, r=4, lora_alpha=8, lora_dropout=dropout, use_dora=True,
+                             modules_to_save=head)
+    theirs = peft.get_peft_model(copy.deepcopy(base), config)
+    mine = {n: p for n, p in ours.named_parameters() if p.requires_grad}
+    their = {n: p for n, p in theirs.named_parameters() if p.requires_grad}
+    assert {peft_name(n) for n in mine} == set(their)
+    with torch.no_grad():
+        for n, p in mine.items():  # PEFT keeps a conv's magnitude as (1, out, 1, 1), ours as (out,)
+            their[peft_name(n)].copy_(p.view_as(their[peft_name(n)]))
+    for model in (ours, theirs):  # with dropout, in training: ours takes the two-branch path
+        model.train(dropout > 0)
+    x = inputs()
+    outputs = []
+    for model in (ours, theirs):
+        torch.manual_seed(3)  # the same dropout mask
+        out = model(x)
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(4))).sum().backward()
+        outputs.append(out.detach())
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)
+    for n, p in mine.items():
+        torch.testing.assert_close(p.grad, their[peft_name(n)].grad.view_as(p), rtol=1e-5, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dora_starts_as_the_original_and_merges_into_it(name):
+    make, targets = MODELS[name]
+    base = make().eval()
+    x = images()
+    with torch.no_grad():
+        original = base(x)
+    model = apply_lora(copy.deepcopy(base), targets, rank=4, alpha=8, dora=True)
+    assert all(isinstance(m, (DoRALinear, DoRAConv2d)) for _, m in lora_modules(model))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original, rtol=0, atol=1e-5)  # m = ||W0||: g = 1
+    randomize_adapters(model)
+    merged = merge_lora(model)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), model(x), rtol=0, atol=1e-5)
+        set_fused(model, False)  # PEFT's formulation, computed separately
+        torch.testing.assert_close(merged(x), model(x), rtol=0, atol=1e-5)
+        set_lora_enabled(model, False)
+        assert torch.equal(model(x), original)
+    fresh = timm.create_model("vit_tiny_patch16_224" if name == "vit" else "resnet18",
+                              pretrained=False, num_classes=10, **({"img_size": 32} if name == "vit" else {}))
+    fresh.load_state_dict(merged.state_dict(), strict=True)
+
+
+def test_dora_adapter_round_trip_includes_the_magnitude(tmp_path):
+    base = vit()
+    model = apply_lora(copy.deepcopy(base), QKV, rank=8, alpha=16, dora=True)
+    randomize_adapters(model)
+    assert isinstance(model.blocks[0].attn.qkv, nn.Linear)  # drop-in
+    magnitudes = {f"blocks.{i}.attn.qkv.lora_magnitude" for i in range(12)}
+    assert magnitudes <= set(lora_state_dict(model)) and magnitudes <= set(trainable_names(model))
+    assert count_parameters(model)["lora"] == 12 * (8 * (192 + 576) + 576)
+    path = tmp_path / "adapter.safetensors"
+    save_lora(model, path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    torch.manual_seed(123)
+    restored = load_lora(apply_lora(copy.deepcopy(base), QKV, rank=8, alpha=16, dora=True), path)
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(x), model.eval()(x))
+    with pytest.raises(ValueError, match="unexpected.*lora_magnitude"):  # a DoRA file does not fit a LoRA model
+        load_lora(apply_lora(copy.deepcopy(base), QKV, rank=8, alpha=16), path)
+
+
+def test_dora_functions_match_autograd_with_a_detached_norm():
+    """Every input needs a gradient (the base weight and bias too), so every branch of both
+    backwards runs; the reference is autograd on the formula with the norm detached."""
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+
+    def reference(x, weight, bias, A, B, m, s, op):
+        merged = weight + s * (B.flatten(1) @ A.flatten(1)).view_as(weight)
+        scale = m / merged.flatten(1).norm(dim=1).detach()
+        out = op(x, merged)
+        return (out * scale if out.dim() == 2 or op is F.linear else out * scale[:, None, None]) + \
+            (bias if op is F.linear else bias[:, None, None])
+
+    cases = [(_MergedDoRALinear.apply, F.linear, (rand(2, 3, 5), rand(4, 5), rand(4), rand(2, 5), rand(4, 2), rand(4)), ()),
+             (_MergedDoRAConv2d.apply, functools.partial(F.conv2d, stride=2, padding=1, dilation=2),
+              (rand(2, 3, 7, 7), rand(4, 3, 3, 3), rand(4), rand(2, 3, 3, 3), rand(4, 2, 1, 1), rand(4)),
+              ((2, 2), (1, 1), (2, 2)))]
+    for fn, op, inputs, conv in cases:
+        gy = torch.randn(reference(*inputs, 1.5, op).shape, generator=g, dtype=torch.float64)
+        fused = torch.autograd.grad(fn(*inputs, 1.5, *conv), inputs, gy)
+        ref = torch.autograd.grad(reference(*inputs, 1.5, op), inputs, gy)
+        for a, b in zip(fused, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_dora_under_bf16_autocast():
+    model = apply_lora(vit(), VIT_TARGETS, rank=4, alpha=8, dora=True)
+    randomize_adapters(model)
+    x, labels = images(), torch.tensor([0, 1])
+    with torch.no_grad():
+        ref = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.blocks[3].attn.qkv(torch.randn(2, 5, 192)).dtype == torch.bfloat16  # as LoRA's
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels)
+    loss.backward()
+    assert (logits.float() - ref).norm() / ref.norm() < 0.05
+    qkv = model.blocks[3].attn.qkv
+    for p in (qkv.lora_A, qkv.lora_B, qkv.lora_magnitude):
+        assert p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0 and p.grad.isfinite().all()

@@ -9,20 +9,28 @@ import pytest
 import yaml
 
 from test_compare import ATTENTION, fabricate
-from woof import paper, report
+from woof import compare, document, figures, paper
+from woof.io import write_json
+from woof.labels import pct_ci, pvalue
 
 SECTIONS = ["Introduction", "Related work", "Method", "Setup", "Results", "Attention", "Discussion",
             "Limitations", "Conclusion", "References"]
 needs_poppler = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
 
 
+def run_compare(root):
+    """What the compare stage computes from the metrics as they are now (compare.json)."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    write_json(root / "metrics" / "compare.json",
+               compare.build(root / "metrics", root / "plots" / "predictions", params))
+
+
 def pipeline_outputs(root, **kw):
     """Everything the compare stage leaves behind, from fabricated stage outputs."""
     fabricate(root, **kw)
     (root / "metrics" / "attention.json").write_text(json.dumps(dict(ATTENTION, split="test")))
-    df = report.collect(root / "metrics", root / "plots")
-    report.write_compare_json(df, root / "metrics" / "compare.json", report.paired_tests(root / "plots" / "predictions"))
-    report.make_figures(df, root / "plots", root / "plots")
+    run_compare(root)
+    figures.pipeline_figures(compare.collect(root / "metrics"), root / "plots", root / "plots")
     for name in ("attention_cls", "attention_rollout"):  # stand-ins for visualize_attention's figures
         shutil.copy(root / "plots" / "compare_params.png", root / "plots" / f"{name}.png")
     return yaml.safe_load((root / "params.yaml").read_text())
@@ -30,8 +38,8 @@ def pipeline_outputs(root, **kw):
 
 def build(root, monkeypatch):
     monkeypatch.chdir(root)
-    doc = paper.build("metrics", "plots", yaml.safe_load(open("params.yaml")))
-    paper.write(doc, "report.md", "report.pdf", ".")
+    doc = paper.build("metrics/compare.json", "plots", yaml.safe_load(open("params.yaml")))
+    document.write(doc, "report.md", "report.pdf", ".")
     return doc
 
 
@@ -47,13 +55,13 @@ def test_pdf_has_every_section_and_the_headline_numbers(tmp_path, monkeypatch):
     compare = json.loads((tmp_path / "metrics/compare.json").read_text())
     for method in ("full", "lora"):  # the headline numbers, formatted once, as compare.json has them
         c = compare[method]
-        assert paper.pct_ci(c["top1"], c["top1_lo"], c["top1_hi"]) in flat
+        assert pct_ci(c["top1"], c["top1_lo"], c["top1_hi"]) in flat
     t = compare["paired"]["test"]["lora_vs_full"]
-    assert paper.pvalue(t["p_value"]) in flat and f"{100 * t['difference']:+.1f}" in flat
+    assert pvalue(t["p_value"]) in flat and f"{100 * t['difference']:+.1f}" in flat
     pages = int(subprocess.run(["pdfinfo", "report.pdf"], capture_output=True, text=True).stdout
                 .split("Pages:")[1].split()[0])
     assert 4 <= pages <= 9
-    figures = [p for b in doc.blocks if isinstance(b, paper.Figure) for p in b.paths]
+    figures = [p for b in doc.blocks if isinstance(b, document.Figure) for p in b.paths]
     assert len(figures) >= 4 and all((tmp_path / f).exists() for f in figures)
     md = (tmp_path / "report.md").read_text()
     assert all(f"]({f})" in md for f in figures)  # the same figures on GitHub
@@ -64,7 +72,8 @@ def test_pdf_has_every_section_and_the_headline_numbers(tmp_path, monkeypatch):
 def test_prose_follows_the_numbers(tmp_path):
     def text(**kw):
         pipeline_outputs(tmp_path, **kw)
-        doc = paper.build(tmp_path / "metrics", tmp_path / "plots", yaml.safe_load((tmp_path / "params.yaml").read_text()))
+        doc = paper.build(tmp_path / "metrics" / "compare.json", tmp_path / "plots",
+                          yaml.safe_load((tmp_path / "params.yaml").read_text()))
         return doc.abstract + " ".join(getattr(b, "text", "") for b in doc.blocks)
 
     behind = text(full_top1=0.95, lora_top1=0.90)  # LoRA behind, significant
@@ -85,20 +94,21 @@ def test_missing_input_names_the_file(tmp_path, monkeypatch):
         build(tmp_path, monkeypatch)
     pipeline_outputs(tmp_path)
     (tmp_path / "plots" / "compare_curves.png").unlink()
-    doc = paper.build(tmp_path / "metrics", tmp_path / "plots", {})
-    assert not any("compare_curves" in p for b in doc.blocks if isinstance(b, paper.Figure)
+    doc = paper.build(tmp_path / "metrics" / "compare.json", tmp_path / "plots", {})
+    assert not any("compare_curves" in p for b in doc.blocks if isinstance(b, document.Figure)
                    for p in b.paths)  # left out, not broken
-    doc.blocks.append(paper.Figure("plots/nope.png", "x"))
+    doc.blocks.append(document.Figure("plots/nope.png", "x"))
     with pytest.raises(FileNotFoundError, match="plots/nope.png"):
-        paper.write(doc, tmp_path / "r.md", tmp_path / "r.pdf", tmp_path)
+        document.write(doc, tmp_path / "r.md", tmp_path / "r.pdf", tmp_path)
     assert not (tmp_path / "r.md").exists() and not (tmp_path / "r.pdf").exists()
 
 
 def test_typst_escapes_and_markup():
-    assert paper.typst_inline("a_b #c $d @e [x] 5*3 http://x") == r"a\_b \#c \$d \@e \[x\] 5\*3 http:\/\/x"
-    assert paper.typst_inline("**bold** and *it* and `co_de` [@hu2022lora; @caron2021dino]") == \
+    assert document.typst_inline("a_b #c $d @e [x] 5*3 http://x") == r"a\_b \#c \$d \@e \[x\] 5\*3 http:\/\/x"
+    assert document.typst_inline("**bold** and *it* and `co_de` [@hu2022lora; @caron2021dino]") == \
         "*bold* and _it_ and `co_de` @hu2022lora @caron2021dino"
-    assert paper.typst_inline("[site](https://x.org)") == '#link("https://x.org")[site]'
+    assert document.typst_inline("[site](https://x.org)") == '#link("https://x.org")[site]'
+
 
 
 def test_setup_attention_and_hardware_in_the_report(tmp_path, monkeypatch):
@@ -120,11 +130,13 @@ def test_skipped_attention_and_unrecorded_hardware(tmp_path, monkeypatch):
     for name in ("full", "lora"):
         path = tmp_path / "metrics" / f"train_{name}.json"
         path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "hardware"}))
+    run_compare(tmp_path)
     build(tmp_path, monkeypatch)
     md = (tmp_path / "report.md").read_text()
     assert "No attention maps were computed: resnet18 has no attention layers." in md
     assert "attention_cls.png" not in md  # the stage's placeholders are not shown as results
-    assert "Not recorded by the training runs; this report was written on" in md
+    # Said plainly, not guessed: the paper computes nothing, so it does not ask this machine.
+    assert "hardware: full fine-tuning on unrecorded hardware, LoRA on unrecorded hardware." in md
 
 
 def test_zero_shot_sentence_follows_the_paired_tests():
@@ -132,9 +144,11 @@ def test_zero_shot_sentence_follows_the_paired_tests():
         return {"p_value": p, "significant": p < 0.05, "difference": d}
 
     def ctx(test, val):
-        return {"r": {"zero_shot": {"top1": 0.896}}, "split": "test",
-                "paired_all": {"test": {"full_vs_zero_shot": test[0], "lora_vs_zero_shot": test[1]},
-                               "val": {"full_vs_zero_shot": val[0], "lora_vs_zero_shot": val[1]}}}
+        row = {"top1": 0.9, "top1_lo": 0.88, "top1_hi": 0.92, "trainable_params": 1, "trainable_pct": 1.0,
+               "trainable_share": 0.01}
+        return {"r": {"zero_shot": {"top1": 0.896}, "full": row, "lora": row}, "split": "test", "prog": None,
+                "paired": {}, "paired_all": {"test": {"full_vs_zero_shot": test[0], "lora_vs_zero_shot": test[1]},
+                                             "val": {"full_vs_zero_shot": val[0], "lora_vs_zero_shot": val[1]}}}
 
     leak = paper.zero_shot_sentence(ctx([t(0.44, 0.01), t(0.57, 0.008)], [t(1e-5, 0.03), t(1e-4, 0.03)]))
     assert leak.startswith("Neither beats the zero-shot ImageNet head (89.6 %) significantly on this split "
@@ -148,27 +162,35 @@ def test_zero_shot_sentence_follows_the_paired_tests():
 def test_lora_size_is_the_answers_lora():
     # The abstract and conclusion give the trainable share of the LoRA they report (the
     # programme's val-best rank), not the pipeline's default adapter; the file size is the pipeline's.
+    # compare.build computes the share (test_compare checks it against the plain model's size).
     ctx = {"r": {"full": {"total_params": 1000, "checkpoint_mb": 20.0}, "lora": {"checkpoint_mb": 1.25}},
            "params": {"lora": {"rank": 8}}}
-    s = paper.lora_size_sentence({"trainable_params": 215}, ctx)
+    s = paper.lora_size_sentence({"trainable_params": 215, "trainable_share": 0.215}, ctx)
     assert s == ("That LoRA trains 215 parameters, 21.5 % of the model's 1,000; the pipeline's rank-8 "
                  "adapter file is 1.25 MB against 20.0 MB for a full model.")
 
 
 def test_seeds_sentence_waits_for_both_and_tests_the_seed_means():
     # Nothing until both val-best configurations have reruns; then Welch's t-test between the
-    # seed means: a gap of a few stds is significant, one inside the spread is not.
+    # seed means (compare.welch, in compare.json's programme): a gap of a few stds is significant,
+    # one inside the spread is not.
     seeds = lambda n, mean, std: {"seeds": {"n": n, "test_top1": {"mean": mean, "std": std}}}  # noqa: E731
-    assert paper.seeds_sentence(seeds(3, 0.90, 0.004), seeds(1, 0.89, None)) == ""
-    assert paper.seeds_sentence({"test_top1": 0.9}, seeds(3, 0.89, 0.004)) == ""
-    s = paper.seeds_sentence(seeds(3, 0.902, 0.006), seeds(3, 0.898, 0.004))
+
+    def sentence(lora, full):
+        p = compare.welch(lora["seeds"], full["seeds"]) if "seeds" in lora and "seeds" in full else None
+        return paper.seeds_sentence(lora, full, {"prog": json.loads(json.dumps(
+            compare._clean({"lora_vs_full_seeds_p": p})))})  # as compare.json has it: NaN is null
+
+    assert compare.welch(seeds(3, 0.90, 0.004)["seeds"], seeds(1, 0.89, None)["seeds"]) is None
+    assert sentence(seeds(3, 0.90, 0.004), seeds(1, 0.89, None)) == ""
+    assert sentence({"test_top1": 0.9}, seeds(3, 0.89, 0.004)) == ""
+    s = sentence(seeds(3, 0.902, 0.006), seeds(3, 0.898, 0.004))
     assert s.startswith("Over 3 and 3 seeds the two score 90.2 ± 0.6 % and 89.8 ± 0.4 % on clean test "
                         "(Welch's t-test between the seed means: p = 0.")
     p = lambda s: float(s.split("p = ")[1].rstrip("). "))  # noqa: E731
     assert p(s) > 0.3
-    assert p(paper.seeds_sentence(seeds(3, 0.91, 0.002), seeds(3, 0.89, 0.003))) < 0.01
-    assert "(Welch's t-test between the seed means: p undefined)" in paper.seeds_sentence(seeds(2, 0.9, 0.0),
-                                                                                        seeds(2, 0.9, 0.0))
+    assert p(sentence(seeds(3, 0.91, 0.002), seeds(3, 0.89, 0.003))) < 0.01
+    assert "(Welch's t-test between the seed means: p undefined)" in sentence(seeds(2, 0.9, 0.0), seeds(2, 0.9, 0.0))
 
 
 def test_weight_drift_sentence(tmp_path, monkeypatch):
@@ -176,7 +198,33 @@ def test_weight_drift_sentence(tmp_path, monkeypatch):
     (tmp_path / "metrics" / "drift.json").write_text(json.dumps(
         {"full": {"overall": 0.03, "max": 0.09, "per_group": {}, "head": 0.5},
          "lora": {"overall": 0.01, "max": 0.02, "per_group": {}, "head": 0.4}}))
+    run_compare(tmp_path)
     doc = build(tmp_path, monkeypatch)
     text = " ".join(getattr(b, "text", "") for b in doc.blocks)
     assert "Full fine-tuning changed the backbone's weight matrices by 3.00 % on average" in text
     assert "LoRA by 1.00 % (at most 2.0 %): 3.0x less for LoRA." in text
+
+
+def test_readme_results_block_is_the_committed_answer():
+    """README.md's results block is what the paper stage writes from the committed compare.json:
+    a stale README (numbers copied by hand, or an old run) fails here."""
+    from conftest import ROOT
+    text = (ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else ""
+    if paper.README_START not in text or paper.README_END not in text:
+        pytest.skip(f"README.md has no results block ({paper.README_START} ... {paper.README_END})")
+    block = text.split(paper.README_START, 1)[1].split(paper.README_END, 1)[0]
+    assert block == "\n" + paper.readme_block(ROOT / "metrics" / "compare.json"), \
+        "README.md's results block is stale: run `dvc repro paper` (or `make paper`)"
+
+
+def test_write_readme_rewrites_only_the_block(tmp_path):
+    pipeline_outputs(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# woof\nbefore\n{paper.README_START}\nold numbers\n{paper.README_END}\nafter\n")
+    assert paper.write_readme(readme, tmp_path / "metrics" / "compare.json")
+    text = readme.read_text()
+    assert text.startswith("# woof\nbefore\n") and text.endswith(f"{paper.README_END}\nafter\n")
+    assert "old numbers" not in text and "No programme record yet" in text  # this compare.json has none
+    readme.write_text("no markers\n")
+    assert not paper.write_readme(readme, tmp_path / "metrics" / "compare.json")
+    assert readme.read_text() == "no markers\n"

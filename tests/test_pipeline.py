@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-import woof
+import woof.models
+from woof.models import load_models
 
 from conftest import ROOT, SHARED, needs_shared
 
@@ -37,7 +38,7 @@ def make_repo(tmp_path, **overrides):
     # The programme's record, as a fresh project has it: no run yet.
     (repo / "metrics" / "experiments").mkdir(parents=True)
     (repo / "metrics" / "experiments" / ".gitkeep").touch()
-    from woof.programme import COLUMNS
+    from woof.record import COLUMNS
     (repo / "metrics" / "experiments.csv").write_text(",".join(COLUMNS) + "\n")
     sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", repo)
     return repo
@@ -78,8 +79,11 @@ def test_dvc_repro_end_to_end(archive, random_weights, tmp_path):
         assert set(by_split) == {"val", "test"} and by_split["test"]["n"] == 30
         lo, hi = by_split["test"]["top1_ci"]
         assert lo <= by_split["test"]["top1"] <= hi
-    paired = json.loads((repo / "metrics/compare.json").read_text())["paired"]
+    compare = json.loads((repo / "metrics/compare.json").read_text())
+    paired = compare["paired"]
     assert set(paired) == {"val", "test"} and paired["test"]["lora_vs_full"]["n"] == 30
+    assert compare["programme"] is None  # an empty record: the pipeline alone
+    assert compare["provenance"]["pipeline"]["archive_sha256"] == data["archive_sha256"]
     report = (repo / "report.md").read_text()
     assert "clean test" in report and "record (`metrics/experiments.csv`) is absent or has no finished run" in report
     assert (repo / "report.pdf").read_bytes()[:4] == b"%PDF"
@@ -91,7 +95,7 @@ def test_dvc_repro_end_to_end(archive, random_weights, tmp_path):
         live = json.loads((repo / f"dvclive/train_{method}/metrics.json").read_text())
         epochs = len((repo / f"plots/train_{method}.csv").read_text().splitlines()) - 1
         assert live["step"] == epochs - 1 and 0 <= live["val_acc"] <= 1
-    models = woof.load_models(repo / "models")
+    models = load_models(repo / "models")
     for model in models.values():
         assert not model.training and model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
@@ -130,7 +134,7 @@ def test_dvc_repro_on_real_mini_imagewoof(tmp_path):
 def test_load_models_names_the_missing_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # another working directory: models/ is still the project's
     with pytest.raises(FileNotFoundError, match=r"nowhere/full/model.safetensors not found: run `dvc repro`"):
-        woof.load_models(tmp_path / "nowhere")
-    assert woof.PROJECT == ROOT
+        load_models(tmp_path / "nowhere")
+    assert woof.models.PROJECT == ROOT
     import validate_project1
     assert validate_project1.load_my_models.__module__ == "validate_project1"

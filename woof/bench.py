@@ -1,4 +1,4 @@
-"""Benchmarks that print Markdown tables: `python -m woof.bench lora` (or `all`).
+"""Benchmarks that print Markdown tables: `python -m woof.bench lora` (or `dora`, `settings`, `all`).
 
 A row is a name and a function `setup(model, batch) -> step`: it prepares a fresh model, usually
 with a woof.step.Method, and returns a closure that runs one unit of work, usually the pipeline's
@@ -35,7 +35,7 @@ from woof.evaluate import autocast, compile_unavailable, native_bf16
 from woof.lora import lora_modules
 from woof.models import count_parameters, create_model
 from woof.step import Method, make_optimizer
-from woof.train import machine
+from woof.io import machine
 
 ALL_LINEAR = r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 QKV = r"blocks\.\d+\.attn\.qkv"
@@ -101,6 +101,7 @@ def _method(method, precision="fp32", compile=False):
 FULL = Method()
 LORA_ALL = Method(("head",), lora={"targets": ALL_LINEAR, "rank": 8, "alpha": 16})
 LORA_QKV = Method(("head",), lora={"targets": QKV, "rank": 8, "alpha": 16})
+DORA_ALL = Method(("head",), lora={"targets": ALL_LINEAR, "rank": 8, "alpha": 16, "dora": True})
 # The least any adapter method can cost: the frozen network's forward and its input gradients
 # (2 of the 3 matmuls of each linear layer), no adapter at all. Training the position embedding
 # makes backpropagation run through every block; only the head learns otherwise.
@@ -116,11 +117,11 @@ def _two_branch(model, batch):
     return train_step(model, batch)
 
 
-def _peft(targets, rank=8, alpha=16, precision="fp32", compile=False):
+def _peft(targets, rank=8, alpha=16, precision="fp32", compile=False, dora=False):
     def setup(model, batch):
         from peft import LoraConfig, get_peft_model  # a dev dependency: only the benchmark needs it
         peft_config = LoraConfig(target_modules=targets, r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                                 modules_to_save=["head"])
+                                 modules_to_save=["head"], use_dora=dora)
         return train_step(get_peft_model(model, peft_config), batch, precision, compile)
     return setup
 
@@ -147,6 +148,24 @@ LORA_ROWS = {
     "ablation: ours r=8 qkv+proj+fc1+fc2, two-branch (fused=False)": _two_branch,
     "ablation: ours r=8 qkv+proj+fc1+fc2, adapters frozen (no rank-r gradient products)": _adapters_frozen,
     "bound: no adapter, backprop through the frozen blocks": _method(BOUND),
+    "DoRA ours r=8 qkv+proj+fc1+fc2 +head": _method(DORA_ALL),
+    "DoRA PEFT r=8 qkv+proj+fc1+fc2 +head": _peft(ALL_LINEAR, dora=True),
+}
+
+# ---- issue 33 rows: DoRA against LoRA at the same rank and targets (the programme's r = 8 and 32,
+# alpha = 2r), and against PEFT's DoRA.
+def _all_linear(rank, dora=False):
+    return Method(("head",), lora={"targets": ALL_LINEAR, "rank": rank, "alpha": 2 * rank, "dora": dora})
+
+
+DORA_ROWS = {
+    "full fine-tuning": _method(FULL),
+    "LoRA ours r=8 qkv+proj+fc1+fc2 +head": _method(LORA_ALL),
+    "DoRA ours r=8 qkv+proj+fc1+fc2 +head": _method(DORA_ALL),
+    "DoRA PEFT r=8 qkv+proj+fc1+fc2 +head": _peft(ALL_LINEAR, dora=True),
+    "LoRA ours r=32 qkv+proj+fc1+fc2 +head": _method(_all_linear(32)),
+    "DoRA ours r=32 qkv+proj+fc1+fc2 +head": _method(_all_linear(32, dora=True)),
+    "DoRA PEFT r=32 qkv+proj+fc1+fc2 +head": _peft(ALL_LINEAR, 32, 64, dora=True),
 }
 
 # ---- issue 22 rows: full, LoRA and the no-adapter bound in every setting of train.precision x
@@ -265,7 +284,7 @@ ALL_ROWS = {
     "data: cached uint8 tensors, batched crop/flip": _tensor_loader,
     "data: ImageFolder + PIL transforms per sample": _pil_loader,
 }
-SUITES = {"lora": LORA_ROWS, "settings": SETTING_ROWS, "all": ALL_ROWS}
+SUITES = {"lora": LORA_ROWS, "dora": DORA_ROWS, "settings": SETTING_ROWS, "all": ALL_ROWS}
 
 
 def matmul_gflops(device="cpu", n=2048, dtype=torch.float32, repeats=5):
@@ -317,6 +336,25 @@ def head_to_head(results):
             mid, q1, q3 = paired_speedup(peft["times"], ours["times"])
             iqr = "" if q1 is None else f" (IQR {q1:.2f}-{q3:.2f})"
             lines.append(f"- ours vs PEFT, {setting}: {mid:.2f}x{iqr}")
+    return "\n".join(lines)
+
+
+# DoRA's cost: its step time against LoRA's at the same rank (and ours against PEFT's DoRA).
+DORA_PAIRS = (("DoRA ours r=8 qkv+proj+fc1+fc2 +head", "LoRA ours r=8 qkv+proj+fc1+fc2 +head"),
+              ("DoRA ours r=32 qkv+proj+fc1+fc2 +head", "LoRA ours r=32 qkv+proj+fc1+fc2 +head"),
+              ("DoRA ours r=8 qkv+proj+fc1+fc2 +head", "DoRA PEFT r=8 qkv+proj+fc1+fc2 +head"),
+              ("DoRA ours r=32 qkv+proj+fc1+fc2 +head", "DoRA PEFT r=32 qkv+proj+fc1+fc2 +head"))
+
+
+def dora_costs(results):
+    """A line per pair in DORA_PAIRS with both rows: the first row's step time as a multiple of the
+    second's (median over rounds of the per-round ratio), IQR."""
+    lines = []
+    for row, ref in DORA_PAIRS:
+        if row in results and ref in results:
+            mid, q1, q3 = paired_speedup(results[row]["times"], results[ref]["times"])  # row's time / ref's
+            iqr = "" if q1 is None else f" (IQR {q1:.2f}-{q3:.2f})"
+            lines.append(f"- {row}: {mid:.2f}x the step time of {ref}{iqr}")
     return "\n".join(lines)
 
 
@@ -403,6 +441,8 @@ def main(argv=None):
         print(f"\nSettings, paired by round:\n{summary}")
     if pairs := head_to_head(results):
         print(f"\nSame configuration, paired by round:\n{pairs}")
+    if dora := dora_costs(results):
+        print(f"\nDoRA's step time, paired by round:\n{dora}")
     print(f"\nLarge matmul (2048^3) on this machine: {peak['fp32']:.0f} GFLOP/s fp32, "
           f"{peak['bf16']:.0f} GFLOP/s bf16; the % column is against the row's precision.")
     if "linear probe, cached features (5 epochs)" in results:

@@ -5,6 +5,7 @@ params.yaml is the one source of defaults: no field below has a default, so a mi
 misspelt one or a value of the wrong kind is an error that names it (`ConfigError`), raised
 before data is read or a model is built. Code reads `cfg.lora.rank`, never `.get("rank", 8)`.
 """
+import math
 import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -30,6 +31,10 @@ def _at_least_0():
     return _check(lambda v: v >= 0, ">= 0")
 
 
+def _seed():
+    return _check(lambda v: 0 <= v < 2**64, "an integer in [0, 2**64)")  # what torch.manual_seed takes
+
+
 def _one_of(*choices):
     return _check(lambda v: v in choices, "one of " + ", ".join(choices))
 
@@ -44,7 +49,7 @@ def _regex(v):
 
 @dataclass(frozen=True)
 class Fetch:
-    url: str
+    url: str = _check(bool, "a URL or a local path")
     sha256: str | None = _check(lambda v: v is None or re.fullmatch(r"[0-9a-fA-F]{64}", v),
                                 "null or 64 hex digits")
 
@@ -60,9 +65,10 @@ class Model:
 class Data:
     split: str = _one_of("clean_test", "official")
     # The model's own lower bound (its patch size) is checked in woof.models.check_image_size.
-    image_size: int = _check(lambda v: v >= 32, "an integer >= 32")
+    # At most 1024: the decoded images stay in memory, and a ViT's position embedding grows as its square.
+    image_size: int = _check(lambda v: 32 <= v <= 1024, "an integer in [32, 1024]")
     train_fraction: float = _check(lambda v: 0 < v <= 1, "in (0, 1]")
-    seed: int = _at_least_0()
+    seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -85,23 +91,30 @@ class Recipe:
     label_smoothing: float = _check(lambda v: 0 <= v < 1, "in [0, 1)")
     crop_scale: tuple[float, float] = _check(lambda v: 0 < v[0] <= v[1] <= 1, "[min, max] with 0 < min <= max <= 1")
     hflip: float = _check(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
-    seed: int = _at_least_0()
+    seed: int = _seed()
     trainable: list[str] = _check(bool, 'a non-empty list, e.g. [all] or [head]')
+    # An exponential moving average of the weights, evaluated and saved instead of them (null: off).
+    ema_decay: float | None = _check(lambda v: v is None or 0 < v < 1, "null or in (0, 1), e.g. 0.999")
 
 
 @dataclass(frozen=True)
 class Full(Recipe):
     freeze_blocks: int = _at_least_0()  # the model's own block count is checked in set_trainable
     pretrained: bool
+    # Layer-wise lr decay (timm's layer_decay; null: one lr for every layer): block k of D trains at
+    # lr * layer_decay^(D - k), the head at lr.
+    layer_decay: float | None = _check(lambda v: v is None or 0 < v <= 1, "null or in (0, 1], e.g. 0.75")
 
 
 @dataclass(frozen=True)
 class Lora(Recipe):
+    trainable: list[str]  # besides the adapters; [] trains the adapters alone (woof.lora.apply_lora)
     rank: int = _positive()
     alpha: float = _check(lambda v: v > 0, "> 0")
     dropout: float = _check(lambda v: 0 <= v < 1, "in [0, 1)")
     rslora: bool
     targets: str = _check(_regex, "a valid regular expression over module names")
+    dora: bool  # DoRA: a learnt magnitude per output channel times the adapted direction (woof.lora)
 
 
 @dataclass(frozen=True)
@@ -112,7 +125,7 @@ class Evaluate:
 @dataclass(frozen=True)
 class Attention:
     num_images: int = _positive()
-    seed: int = _at_least_0()
+    seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -160,10 +173,12 @@ def _value(where, typ, v):
         return origin(_value(f"{where}[{i}]", args[0], x) for i, x in enumerate(v))
     if typ is float and isinstance(v, str):
         try:
-            return float(v)
+            v = float(v)
         except ValueError:
             pass
-    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+    if typ is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not math.isfinite(v):  # .nan and .inf pass every range check below
+            raise ConfigError(f"params.yaml: {where} must be a finite number, got {v!r}")
         return v  # an integer is a number: kept as written (alpha: 16 stays 16 in names and tables)
     if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
         kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[typ]
@@ -208,7 +223,17 @@ def parse(params):
 
 def load(path="params.yaml"):
     """params.yaml -> Config (validated)."""
+    import yaml
     from woof.io import load_params
-    if not Path(path).exists():
+    if not Path(path).is_file():
         raise ConfigError(f"{path} not found: run from the project's folder")
-    return parse(load_params(path))
+    try:
+        params = load_params(path)
+    except yaml.YAMLError as e:  # a tab, an unclosed bracket, a bad indent (also from `dvc exp run -S`)
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path} is not valid YAML{at} ({getattr(e, 'problem', None) or e}): fix that line"
+                          ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file: restore it (`git checkout {path}`)") from None
+    return parse(params)

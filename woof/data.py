@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 import warnings
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from timm.data import ImageNetInfo, create_transform
 from tqdm import tqdm
 
-from woof.errors import InputError, ParamError
+from woof.errors import InputError, ParamError, UserError, reading, warn
 from woof.io import atomic_path, read_json, write_json
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
@@ -64,8 +65,8 @@ def fetch(url, out_dir, sha256=None):
                              "(set fetch.sha256 to the new value to accept this archive)")
         with atomic_path(out_dir, is_dir=True) as staging:
             extracted = Path(tmp) / "extracted"
-            safe_extract(archive, extracted)
-            root = _find_split_root(extracted)
+            safe_extract(archive, extracted, name=url)
+            root = _find_split_root(extracted, url)
             for split in SPLITS:
                 shutil.move(str(root / split), str(staging / split))
             write_json(staging / "archive.json", {"archive": Path(urllib.parse.urlparse(str(url)).path).name,
@@ -91,7 +92,7 @@ def _local_archive(url, tmp):
         return dest
     path = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else url)
     if not path.is_file():
-        raise InputError(f"fetch.url {url}: no such file")
+        raise InputError(f"fetch.url {url}: {'a folder, not an archive' if path.is_dir() else 'no such file'}")
     return path
 
 
@@ -119,9 +120,11 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def safe_extract(archive, dest):
+def safe_extract(archive, dest, name=None):
     """Extract a tar archive, refusing any member that would land outside `dest` and any link
-    or device file (a malicious archive must not write elsewhere on the machine)."""
+    or device file (a malicious archive must not write elsewhere on the machine).
+    name: how messages call the archive (its URL; default: the path)."""
+    name = name or archive
     dest = Path(dest).resolve()
     dest.mkdir(parents=True)
     try:
@@ -132,19 +135,22 @@ def safe_extract(archive, dest):
             for member in tar:
                 target = (dest / member.name).resolve()
                 if not target.is_relative_to(dest):
-                    raise InputError(f"unsafe archive member {member.name!r}: it escapes the output folder")
+                    raise InputError(f"archive {name}: unsafe member {member.name!r}: it escapes the output folder")
                 if not (member.isfile() or member.isdir()):
-                    raise InputError(f"unsafe archive member {member.name!r}: links and devices are refused")
+                    raise InputError(f"archive {name}: unsafe member {member.name!r}: links and devices are refused")
                 tar.extract(member, dest, filter="data")
-    except (tarfile.ReadError, tarfile.CompressionError, EOFError, OSError, zlib.error) as e:
-        raise InputError(f"archive {archive} is truncated or corrupt ({e}): download it again") from e
+    except UserError:
+        raise  # an InputError is an OSError too: not "truncated"
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise InputError(f"archive {name} is truncated or corrupt ({e}): download it again") from e
 
 
-def _find_split_root(extracted):
+def _find_split_root(extracted, name):
     for candidate in [extracted, *sorted(p for p in extracted.rglob("*") if p.is_dir())]:
         if all((candidate / s).is_dir() for s in SPLITS):
             return candidate
-    raise InputError("archive has no folder with train/ and val/ subfolders (ImageWoof layout)")
+    raise InputError(f"archive {name} has no folder with train/ and val/ subfolders (ImageWoof layout): "
+                     "check fetch.url")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,26 +205,36 @@ def preprocess(raw_dir, out_dir, data_cfg, train_fraction=1.0, seed=0, split="cl
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not (raw_dir / "train").is_dir():
         raise InputError(f"{raw_dir / 'train'} not found: run the fetch stage first (dvc repro)")
+    archive = _archive_info(raw_dir)
+    source = f" (from archive {archive['archive']})" if archive else ""
     wnids = sorted(p.name for p in (raw_dir / "train").iterdir() if p.is_dir())
     if not wnids:
-        raise InputError(f"{raw_dir / 'train'} has no class folders")
+        raise InputError(f"{raw_dir / 'train'}{source} has no class folders")
     foreign = [r["wnid"] for r in class_table(wnids) if r["imagenet_index"] < 0]
     if foreign:  # the zero-shot baseline and the head's initialisation are ImageNet's rows of each class
-        raise InputError(f"{raw_dir / 'train'}: the class folders {foreign[:3]}{' ...' if len(foreign) > 3 else ''} "
+        raise InputError(f"{raw_dir / 'train'}{source}: the class folders {foreign[:3]}{' ...' if len(foreign) > 3 else ''} "
                          "are not ImageNet wnids; the pipeline compares against the zero-shot ImageNet head, "
                          "so it needs ImageNet classes (as ImageWoof's n02086240 ...)")
-    splits = split_files(raw_dir, wnids, split)
+    try:
+        splits = split_files(raw_dir, wnids, split)
+    except UserError as e:
+        raise type(e)(f"{e}{source}") from None
     size = data_cfg["input_size"][-1]
     train_size = math.floor(size / data_cfg["crop_pct"])  # timm's eval resize size
+    _check_memory(splits, size, train_size)
     eval_view = pil_transform(data_cfg, size, data_cfg["crop_pct"])
     transforms = {"train": pil_transform(data_cfg, train_size, 1.0), "val": eval_view, "test": eval_view}
     stats = {"split": split, "num_classes": len(wnids), "skipped_images": 0}
-    if (raw_dir / "archive.json").exists():  # which bytes these numbers come from
-        stats["archive_sha256"] = read_json(raw_dir / "archive.json")["sha256"]
+    if archive:  # which bytes these numbers come from
+        stats["archive_sha256"] = archive["sha256"]
     names = {}
     with atomic_path(out_dir, is_dir=True) as staging:
         for name, (files, labels) in splits.items():
             if name == "train" and train_fraction < 1:
+                fewest = min(Counter(labels).values())
+                if round(train_fraction * fewest) < 1:  # stratified_subset keeps at least one per class
+                    warn(f"data.train_fraction={train_fraction} keeps no image of the smallest class "
+                         f"({fewest} images): 1 image of each such class used instead")
                 keep = stratified_subset(labels, train_fraction, seed)
                 files, labels = [files[i] for i in keep], [labels[i] for i in keep]
             images, ok = decode_images(files, transforms[name], desc=f"preprocess {name}", workers=workers)
@@ -231,6 +247,27 @@ def preprocess(raw_dir, out_dir, data_cfg, train_fraction=1.0, seed=0, split="cl
         write_json(staging / "classes.json", class_table(wnids))
         write_json(staging / "files.json", names)
     return stats
+
+
+def _archive_info(raw_dir):
+    """archive.json that fetch wrote ({"archive", "sha256"}), or {} for a folder made by hand."""
+    path = Path(raw_dir) / "archive.json"
+    if not path.exists():
+        return {}
+    with reading(path, "run the fetch stage again (dvc repro -f fetch)"):
+        info = read_json(path)
+        return {"archive": info["archive"], "sha256": info["sha256"]}
+
+
+def _check_memory(splits, size, train_size):
+    """The decoded tensors stay in memory: refuse an image size they cannot fit in before decoding."""
+    sides = {name: train_size if name == "train" else size for name in splits}
+    need = sum(len(files) * 3 * sides[name] ** 2 for name, (files, _) in splits.items())
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ParamError(f"data.image_size={size}: the {sum(len(f) for f, _ in splits.values())} decoded images "
+                         f"would take {need / 2**30:.0f} GiB, more than this machine's {have / 2**30:.0f} GiB "
+                         "of memory: use a smaller data.image_size")
 
 
 def pil_transform(data_cfg, size, crop_pct):
@@ -297,14 +334,28 @@ def decode_images(files, transform, desc="decode", workers=None):
     return images, ok
 
 
+PREPARE_AGAIN = "run the preprocess stage again (dvc repro -f preprocess)"
+
+
 def load_split(path):
     """-> (images uint8 (N, 3, S, S), labels int64 (N,)) as written by `preprocess`."""
-    tensors = load_file(str(path))
-    return tensors["images"], tensors["labels"]
+    with reading(path, PREPARE_AGAIN):
+        tensors = load_file(str(path))
+        images, labels = tensors["images"], tensors["labels"]
+        if not (images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3
+                and labels.dtype == torch.int64 and labels.shape == images.shape[:1]):
+            raise ValueError(f"images {images.dtype} {tuple(images.shape)} and labels {labels.dtype} "
+                             f"{tuple(labels.shape)} are not uint8 (N, 3, S, S) and int64 (N,)")
+    return images, labels
 
 
 def load_classes(path):
-    return read_json(path)
+    """classes.json: [{"wnid", "name", "imagenet_index"}] per class, in label order."""
+    with reading(path, PREPARE_AGAIN):
+        classes = read_json(path)
+        if not classes or not all({"wnid", "name", "imagenet_index"} <= set(c) for c in classes):
+            raise ValueError("not a list of classes with wnid, name and imagenet_index")
+    return classes
 
 
 EVAL_SPLITS = ("val", "test")
@@ -314,8 +365,30 @@ def load_eval_splits(prepared_dir):
     """{split: (images, labels, file names)} for the evaluation splits preprocess wrote: val, and
     test when data.split made one."""
     prepared_dir = Path(prepared_dir)
-    files = read_json(prepared_dir / "files.json")
-    return {s: (*load_split(prepared_dir / f"{s}.safetensors"), files[s]) for s in EVAL_SPLITS if s in files}
+    with reading(prepared_dir / "files.json", PREPARE_AGAIN):
+        files = read_json(prepared_dir / "files.json")
+        if not isinstance(files, dict) or not isinstance(files.get("val"), list):
+            raise ValueError("no list of val files")
+    splits = {s: (*load_split(prepared_dir / f"{s}.safetensors"), files[s]) for s in EVAL_SPLITS if s in files}
+    for s, (_, labels, names) in splits.items():
+        if len(names) != len(labels):
+            raise InputError(f"{prepared_dir / 'files.json'} lists {len(names)} {s} files for the {len(labels)} "
+                             f"images of {s}.safetensors: {PREPARE_AGAIN}")
+    return splits
+
+
+def check_splits(splits, num_classes, image_size, prepared_dir="data/prepared"):
+    """Prepared tensors must be those of the current params: val and test at data.image_size (train
+    is cached larger, for random crops), labels within classes.json's classes. splits: {name:
+    (images, labels, ...)}."""
+    for name, (images, labels, *_) in splits.items():
+        side = images.shape[-1]
+        if side < image_size if name == "train" else side != image_size:
+            raise InputError(f"{prepared_dir}/{name}.safetensors holds {side} px images, but data.image_size="
+                             f"{image_size}: {PREPARE_AGAIN}")
+        if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
+            raise InputError(f"{prepared_dir}/{name}.safetensors has labels outside the {num_classes} classes of "
+                             f"classes.json: {PREPARE_AGAIN}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Errors a user can fix (a param, a file, the network) and how a stage reports them: one line
 naming what to change, exit status 1, no traceback. Anything else is a bug and keeps its
-traceback; WOOF_DEBUG=1 shows the traceback of user errors too."""
+traceback; WOOF_DEBUG=1 shows the traceback of user errors too. A legal value that has to be
+capped is no error: one `warning:` line says what was used instead."""
+import contextlib
 import os
 import signal
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -16,6 +19,34 @@ class ParamError(UserError, ValueError):
 
 class InputError(UserError, FileNotFoundError):
     """An input file or folder that is missing or is not what it should be."""
+
+
+def warn(message):
+    """One line on stderr, for a value the run goes on with (Python's warnings take two lines)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def capped(param, value, limit, what):
+    """min(value, limit), with a warning naming `param` when the limit (`what` there is) applies."""
+    if value > limit:
+        warn(f"{param}={value} is more than {what} ({limit}): {limit} used instead")
+    return min(value, limit)
+
+
+@contextlib.contextmanager
+def reading(path, fix):
+    """Around the code that reads (and checks) one input file: a missing, empty, truncated or
+    foreign file is an InputError naming it and saying `fix`, never a library's traceback."""
+    if not Path(path).exists():
+        raise InputError(f"{path} not found: {fix}")
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # json, safetensors, torch, PIL and pandas each raise their own kinds
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise InputError(f"{path} cannot be read ({type(e).__name__}{': ' + detail if detail else ''}): "
+                         f"{fix}") from e
 
 
 def _terminate(signum, frame):

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from woof.data import normalize
+from woof.models import data_config
+from woof.stats import accuracy_ci
 
 
 # ---- how a forward runs, in training and inference alike: chosen by what this machine has
@@ -88,7 +90,6 @@ def classification_metrics(logits, labels, ci=False):
     m = {"top1": hits[:, 0].float().mean().item(), "top5": hits.any(1).float().mean().item(),
          "loss": F.cross_entropy(logits, labels).item(), "n": len(labels)}
     if ci:
-        from woof.stats import accuracy_ci
         for name, correct in (("top1", hits[:, 0]), ("top5", hits.any(1))):
             m[f"{name}_ci"] = list(accuracy_ci(correct.numpy())[1:])
     return m
@@ -108,7 +109,6 @@ def evaluate_models(models, splits, class_names, image_size, batch_size=128, pre
     -> (metrics {model: {split: metrics}}, per-class rows (split, class, method, accuracy),
         {split: per-image rows (file, actual, predicted) per model}, for confusion matrices and
         paired tests)."""
-    from woof.models import data_config
     metrics, per_class, predictions = {}, [], {s: {} for s in splits}
     for method, model in models.items():
         metrics[method] = {}

@@ -76,3 +76,16 @@ def save_png(fig, path, dpi=120):
 def load_params(path="params.yaml"):
     import yaml
     return yaml.safe_load(Path(path).read_text())
+
+
+def machine(device="cpu"):
+    """What the numbers were measured on, for metrics and reports: GPU name, or CPU model and cores."""
+    if str(device).startswith("cuda"):
+        import torch  # only for a GPU: the stages that read results never load torch
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "CPU"
+    return f"{model} ({os.cpu_count()} cores)"

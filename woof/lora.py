@@ -1,6 +1,7 @@
 """LoRA (Hu et al., ICLR 2022) for any PyTorch model: nn.Linear and nn.Conv2d layers, loralib style.
 
-    model = apply_lora(model, r"blocks\\.\\d+\\.(attn\\.qkv|attn\\.proj|mlp\\.fc1|mlp\\.fc2)", rank=8, alpha=16)
+    model = apply_lora(model, r"blocks\\.\\d+\\.(attn\\.qkv|attn\\.proj|mlp\\.fc1|mlp\\.fc2)", rank=8, alpha=16,
+                       trainable=("head",))   # dora=True for DoRA
     ... train (only the adapters and the head have requires_grad) ...
     save_lora(model, "adapter.safetensors")      # adapters + head only, a few hundred KB
     plain = merge_lora(model)                     # the original architecture, W0 + s·B·A folded in
@@ -12,20 +13,26 @@ Speed: with dropout 0 the adapter is linear in x, so the layer runs as ONE matmu
 weight W0 + s·B·A (a cheap r-rank update of a small matrix). The backward computes dx with the
 merged weight and dA, dB through thin rank-r products; the full-size weight-gradient matmul that
 full fine-tuning pays for (and the separate low-rank branch that PEFT pays for) is never run.
-Adapter parameters are called lora_A / lora_B; the utilities below find them by the "lora_" prefix.
+Adapter parameters are called lora_A / lora_B (and lora_magnitude for DoRA); the utilities below
+find them by the "lora_" prefix.
+
+DoRA (Liu et al., ICML 2024; apply_lora(..., dora=True)) splits each adapted weight into a magnitude
+m and a direction: W = m·(W0 + s·B·A) / ||W0 + s·B·A||, the norm per output channel and treated as a
+constant in the backward (the paper's section 4.3, as PEFT does), m initialised to ||W0||. It runs
+the same way: one matmul with the merged direction, rank-r products for dA and dB.
+
+A standalone library: it imports only torch and safetensors.
 """
 import copy
 import math
 import numbers
+import os
 import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-
-from woof.io import atomic_path
-from woof.models import has_prefix, trainable_prefixes
 
 
 def _merge(weight, A, B, scaling):
@@ -99,6 +106,95 @@ class _MergedLoRAConv2d(torch.autograd.Function):
         if need_b:
             db = gy.sum((0, 2, 3)).to(ctx.bias_dtype)
         return dx, dw, db, da, dbb, None, None, None, None
+
+
+def _norm(merged, dtype):
+    """DoRA's per-output-channel L2 norm of a (out, ...) weight, in `dtype`: (out,)."""
+    return torch.linalg.vector_norm(merged.flatten(1), dim=1, dtype=dtype)
+
+
+class _MergedDoRALinear(torch.autograd.Function):
+    """y = g·x·(W0 + s·B·A)ᵀ + b with g = m / ||W0 + s·B·A|| per output row, the norm a constant.
+    One matmul with the merged direction; dm needs that matmul's output z, so z is kept (as PEFT
+    keeps its base output) instead of being recomputed by a second full-size product."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, magnitude, scaling):
+        merged = _merge(weight, A, B, scaling)  # (out, in)
+        norm = _norm(merged, magnitude.dtype)  # (out,)
+        scale = magnitude / norm  # g, (out,)
+        z = F.linear(x, merged)  # (..., out)
+        ctx.save_for_backward(x, weight, A, B, z, scale, norm)
+        ctx.scaling, ctx.bias_dtype = scaling, None if bias is None else bias.dtype
+        # g·z + b in the weights' precision (a bf16 g would scale a whole channel by its rounding
+        # error), returned in z's dtype as LoRA's output is.
+        return (z * scale if bias is None else torch.addcmul(bias, z, scale)).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, A, B, z, scale, norm = ctx.saved_tensors
+        need_x, need_w, need_b, need_a, need_bb, need_m, _ = ctx.needs_input_grad
+        dt, s = gy.dtype, ctx.scaling
+        dx = dw = db = da = dbb = dm = None
+        if need_x:  # dx = gy·diag(g)·M: the merged DoRA weight
+            dx = (gy @ (scale[:, None] * _merge(weight, A, B, s)).to(dt)).to(x.dtype)  # (..., in)
+        if need_w or need_b or need_a or need_bb or need_m:
+            gy2 = gy.reshape(-1, gy.shape[-1])  # (M, out)
+            x2 = x.reshape(-1, x.shape[-1]).to(dt)  # (M, in)
+        if need_a:  # dA = s·Bᵀ·diag(g)·gyᵀ·x: g and s go on B, the smallest factor
+            da = ((gy2 @ (B * (s * scale[:, None])).to(dt)).t() @ x2).to(A.dtype)
+        if need_bb:  # dB = s·diag(g)·gyᵀ·(x·Aᵀ)
+            dbb = ((x2 @ (A * s).to(dt).t()).t() @ gy2).t().to(B.dtype) * scale[:, None]
+        if need_m:  # dm = Σ gy·z / ||M|| over all leading dims
+            dm = (gy2 * z.reshape(gy2.shape)).sum(0).to(norm.dtype) / norm
+        if need_w:
+            dw = (gy2.t() @ x2).to(weight.dtype) * scale[:, None]
+        if need_b:
+            db = gy2.sum(0).to(ctx.bias_dtype)
+        return dx, dw, db, da, dbb, dm, None
+
+
+class _MergedDoRAConv2d(torch.autograd.Function):
+    """DoRA for convolutions: one conv with the merged direction, g applied per output channel."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, magnitude, scaling, stride, padding, dilation):
+        merged = _merge(weight, A, B, scaling)  # (out, in, kh, kw)
+        norm = _norm(merged, magnitude.dtype)  # (out,)
+        scale = magnitude / norm
+        z = F.conv2d(x, merged, None, stride, padding, dilation)  # (N, out, Ho, Wo)
+        ctx.save_for_backward(x, weight, A, B, z, scale, norm)
+        ctx.conf = (scaling, stride, padding, dilation)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        g = scale[:, None, None]
+        return (z * g if bias is None else torch.addcmul(bias[:, None, None], z, g)).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):  # gy: (N, out, Ho, Wo)
+        x, weight, A, B, z, scale, norm = ctx.saved_tensors
+        s, stride, padding, dilation = ctx.conf
+        need_x, need_w, need_b, need_a, need_bb, need_m = ctx.needs_input_grad[:6]
+        dt = gy.dtype
+        dx = dw = db = da = dbb = dm = None
+        conv_grad = (stride, padding, dilation)
+        if need_x:
+            kernel = (scale[:, None, None, None] * _merge(weight, A, B, s)).to(dt)
+            dx = torch.nn.grad.conv2d_input(x.shape, kernel, gy, *conv_grad).to(x.dtype)
+        x_ = x.to(dt)
+        if need_a:  # as LoRA's, with g folded into B
+            gu = F.conv2d(gy, (B.flatten(1) * (s * scale[:, None])).to(dt).t()[:, :, None, None])  # (N, r, Ho, Wo)
+            da = torch.nn.grad.conv2d_weight(x_, A.shape, gu, *conv_grad).to(A.dtype)
+        if need_bb:
+            u = F.conv2d(x_, (A * s).to(dt), None, *conv_grad)  # (N, r, Ho, Wo)
+            dbb = (torch.einsum("nohw,nrhw->or", gy, u).to(B.dtype) * scale[:, None]).view_as(B)
+        if need_m:
+            dm = (gy * z).sum((0, 2, 3)).to(norm.dtype) / norm
+        if need_w:
+            dw = torch.nn.grad.conv2d_weight(x_, weight.shape, gy, *conv_grad).to(weight.dtype) \
+                * scale[:, None, None, None]
+        if need_b:
+            db = gy.sum((0, 2, 3)).to(ctx.bias_dtype)
+        return dx, dw, db, da, dbb, dm, None, None, None, None
 
 
 class _LoRA:
@@ -202,6 +298,66 @@ class LoRAConv2d(_LoRA, nn.Conv2d):
         return _fill_plain(self, plain)
 
 
+class _DoRA(_LoRA):
+    """What DoRALinear and DoRAConv2d add to LoRA: the magnitude m, one number per output channel."""
+
+    def _init_dora(self):
+        with torch.no_grad():  # m = ||W0||: the wrapped layer starts as the original (up to rounding)
+            self.lora_magnitude = nn.Parameter(_norm(self.weight, self.weight.dtype))  # (out,)
+
+    def dora_scale(self):
+        """g = m / ||W0 + s·B·A|| per output channel, (out,); the norm is detached (DoRA, section 4.3)."""
+        with torch.no_grad():
+            norm = _norm(_merge(self.weight, self.lora_A, self.lora_B, self.scaling), self.lora_magnitude.dtype)
+        return self.lora_magnitude / norm
+
+    def merged_weight(self):
+        """m·(W0 + s·B·A) / ||W0 + s·B·A||, shaped like W0."""
+        with torch.no_grad():
+            merged = _merge(self.weight, self.lora_A, self.lora_B, self.scaling)
+            scale = self.lora_magnitude / _norm(merged, self.lora_magnitude.dtype)
+            return (merged * scale.view(-1, *[1] * (merged.dim() - 1))).to(merged.dtype)
+
+
+class DoRALinear(_DoRA, LoRALinear):
+    """LoRALinear with DoRA's magnitude: a drop-in nn.Linear, parameters lora_A, lora_B, lora_magnitude."""
+
+    def __init__(self, base, rank, alpha, dropout=0.0, rslora=False):
+        super().__init__(base, rank, alpha, dropout, rslora)
+        self._init_dora()
+
+    def forward(self, x):  # x: (..., in)
+        if not self.lora_enabled:
+            return F.linear(x, self.weight, self.bias)
+        if self._two_paths():  # PEFT's formulation: W0·x + b + (g - 1)·W0·x' + g·s·B·A·x', x' = dropout(x)
+            xd, g = self.lora_dropout(x), self.dora_scale()
+            low_rank = F.linear(F.linear(xd, self.lora_A), self.lora_B)  # (..., out)
+            return (F.linear(x, self.weight, self.bias) + (g - 1) * F.linear(xd, self.weight)
+                    + g * self.scaling * low_rank)
+        return _MergedDoRALinear.apply(x, self.weight, self.bias, self.lora_A, self.lora_B, self.lora_magnitude,
+                                       self.scaling)
+
+
+class DoRAConv2d(_DoRA, LoRAConv2d):
+    """LoRAConv2d with DoRA's magnitude, the norm over each output channel's (in, kh, kw) kernel."""
+
+    def __init__(self, base, rank, alpha, dropout=0.0, rslora=False):
+        super().__init__(base, rank, alpha, dropout, rslora)
+        self._init_dora()
+
+    def forward(self, x):  # x: (N, in, H, W)
+        conv = (self.stride, self.padding, self.dilation)
+        if not self.lora_enabled:
+            return F.conv2d(x, self.weight, self.bias, *conv)
+        if self._two_paths():
+            xd, g = self.lora_dropout(x), self.dora_scale()[:, None, None]  # (out, 1, 1)
+            low_rank = F.conv2d(F.conv2d(xd, self.lora_A, None, *conv), self.lora_B)  # (N, out, Ho, Wo)
+            return (F.conv2d(x, self.weight, self.bias, *conv) + (g - 1) * F.conv2d(xd, self.weight, None, *conv)
+                    + g * self.scaling * low_rank)
+        return _MergedDoRAConv2d.apply(x, self.weight, self.bias, self.lora_A, self.lora_B, self.lora_magnitude,
+                                       self.scaling, *conv)
+
+
 def _fill_plain(lora, plain):
     # What the layer computes now: with the adapter switched off that is W0 alone.
     weight = lora.merged_weight() if lora.lora_enabled else lora.weight.detach().clone()
@@ -213,6 +369,7 @@ def _fill_plain(lora, plain):
 # Exact types only: subclasses may override forward (timm's Conv2dSame, StdConv2d) or be bypassed
 # by their owner (nn.MultiheadAttention reads out_proj.weight directly), so wrapping them is unsafe.
 _SUPPORTED = {nn.Linear: LoRALinear, nn.Conv2d: LoRAConv2d}
+_DORA = {nn.Linear: DoRALinear, nn.Conv2d: DoRAConv2d}
 
 
 def is_lora_name(name):
@@ -223,10 +380,31 @@ def lora_modules(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _LoRA)]
 
 
-def apply_lora(model, targets, rank, alpha, dropout=0.0, rslora=False, trainable=("head",)):
+def _trains(model, trainable):
+    """`trainable` as a predicate on parameter names: a predicate as is, or prefixes on dot
+    boundaries ("blocks.1" is block 1, not blocks 10 and 11), each matching some parameter."""
+    if callable(trainable):
+        return trainable
+    prefixes = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+
+    def under(name, prefix):
+        return name == prefix or name.startswith(prefix + ".")
+
+    def trains(name):
+        return any(under(name, p) for p in prefixes)
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [p for p in prefixes if not any(under(n, p) for n in names)]
+    if unmatched:  # a typo would otherwise silently train nothing
+        raise ValueError(f"trainable={list(prefixes)}: {unmatched} match no parameter of {type(model).__name__} "
+                         f"(use trainable=() to train the adapters only)")
+    return trains
+
+
+def apply_lora(model, targets, rank, alpha, dropout=0.0, rslora=False, trainable=(), dora=False):
     """Wrap, in place, every nn.Linear / nn.Conv2d whose qualified name fully matches the regex
-    `targets`; freeze every other parameter except those under a `trainable` prefix ("head" is
-    also timm's classifier, see woof.models.trainable_prefixes). Returns model.
+    `targets` (a LoRA layer, or a DoRA layer with dora=True); freeze every other parameter except
+    what `trainable` names: parameter-name prefixes such as ("head",), or a predicate on parameter
+    names. Returns model.
 
     Everything is checked before anything changes: on a ValueError the model is untouched."""
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank <= 0:
@@ -241,10 +419,8 @@ def apply_lora(model, targets, rank, alpha, dropout=0.0, rslora=False, trainable
         pattern = re.compile(targets)
     except re.error as e:
         raise ValueError(f"targets={targets!r} is not a valid regex: {e}") from None
-    try:
-        prefixes = trainable_prefixes(model, trainable)
-    except ValueError as e:
-        raise ValueError(f"{e} (use trainable=() to train the adapters only)") from None
+    trains = _trains(model, trainable)
+    layers = _DORA if dora else _SUPPORTED
     matches = [(n, m) for n, m in model.named_modules() if n and pattern.fullmatch(n)]
     if not matches:
         examples = [n for n, m in model.named_modules() if type(m) in _SUPPORTED][:6]
@@ -256,16 +432,16 @@ def apply_lora(model, targets, rank, alpha, dropout=0.0, rslora=False, trainable
         if type(module) not in _SUPPORTED:
             raise ValueError(f"targets={targets!r} matches module {name!r} of type {type(module).__name__}, "
                              f"which LoRA does not support (only nn.Linear and nn.Conv2d)")
-        reason = _SUPPORTED[type(module)].unsupported(module)
+        reason = layers[type(module)].unsupported(module)
         if reason:
             raise ValueError(f"targets={targets!r} matches module {name!r} of type {type(module).__name__}: {reason}")
     # Everything is valid: from here on nothing fails, so a model is never left half-wrapped.
     for name, module in matches:
         parent, _, child = name.rpartition(".")
-        lora = _SUPPORTED[type(module)](module, int(rank), alpha, float(dropout), bool(rslora))
+        lora = layers[type(module)](module, int(rank), alpha, float(dropout), bool(rslora))
         setattr(model.get_submodule(parent), child, lora)
     for name, p in model.named_parameters():
-        p.requires_grad_(is_lora_name(name) or has_prefix(name, prefixes))
+        p.requires_grad_(is_lora_name(name) or bool(trains(name)))
     return model
 
 
@@ -316,11 +492,19 @@ def load_lora_state_dict(model, state):
 
 
 def save_lora(model, path):
-    """Write lora_state_dict(model) as safetensors (atomically). The rank is in the tensors'
-    shapes; alpha and the targets are in the run's params (models/lora/config.json)."""
+    """Write lora_state_dict(model) as safetensors, atomically: a reader sees the old file or the
+    whole new one. The rank is in the tensors' shapes; alpha and the targets are the caller's to keep."""
     state = {k: v.cpu().contiguous() for k, v in lora_state_dict(model).items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp")  # a sibling: os.replace is atomic within one file system
+    try:
+        save_file(state, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_lora(model, path):

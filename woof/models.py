@@ -1,4 +1,5 @@
 """Creating timm models, choosing what trains for each fine-tuning method, saving and loading."""
+import difflib
 import json
 import os
 from pathlib import Path
@@ -7,47 +8,109 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from woof.errors import InputError, ParamError
+from woof.errors import InputError, ParamError, reading
 from woof.io import atomic_path
 
 
 def pretrained_weights(model_cfg):
-    """The local pretrained-weights file to load: $WOOF_WEIGHTS (a mirror's location, not a param),
-    else model.weights (model_cfg: woof.config.Model); None downloads timm's weights from the hub."""
-    return os.environ.get("WOOF_WEIGHTS") or model_cfg.weights
+    """The local pretrained-weights file to load: $WOOF_WEIGHTS (a mirror's location, not a param:
+    a file, or a folder of <model.name>.safetensors files), else model.weights (model_cfg:
+    woof.config.Model); None downloads timm's weights from the hub."""
+    mirror = os.environ.get("WOOF_WEIGHTS")
+    if mirror and Path(mirror).is_dir():
+        return str(Path(mirror) / f"{model_cfg.name}.safetensors")
+    return mirror or model_cfg.weights
 
 
 def check_weights_file(path, name):
     """A local weights file must be readable and hold `name`'s parameters: one clear error for a
-    missing, truncated or foreign file, instead of a SafetensorError or a list of 150 key names."""
+    missing, truncated or foreign file, instead of a SafetensorError or a list of 150 key names.
+    -> True when the file holds the model's fused inference-time form (MobileOne's release)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"model.weights {path} does not exist (set model.weights or $WOOF_WEIGHTS "
-                         "to a local file of pretrained weights)")
+        raise InputError(f"model.weights {path} {'is a folder' if path.is_dir() else 'does not exist'} (set "
+                         "model.weights or $WOOF_WEIGHTS to a local file of pretrained weights)")
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
             with safe_open(str(path), "pt") as f:  # checks that the header covers the whole file
-                keys = set(f.keys())
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         else:
-            keys = set(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     except Exception as e:  # safetensors and torch raise several types for a damaged file
         raise InputError(f"model.weights {path} cannot be read: the file is truncated or not a "
                          f"{'safetensors' if path.suffix == '.safetensors' else 'PyTorch'} file "
                          f"({type(e).__name__}); download it again") from e
-    expected = set(_architecture(name).state_dict())
-    matching = len(keys & expected)
-    if matching < 0.9 * len(expected):
-        raise InputError(f"model.weights {path} holds another architecture than model.name={name}: "
-                         f"{matching} of its {len(keys)} tensors match the model's {len(expected)}")
+    # Same name and shape: vit_small's file has vit_tiny's names, none of its shapes. A few may
+    # differ (a position embedding timm resamples to another image size).
+    def matching(model):
+        return sum(shapes.get(k) == tuple(v.shape) for k, v in model.state_dict().items()), len(model.state_dict())
+    found, total = matching(_architecture(name))
+    if found >= 0.9 * total:
+        return False
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the fused kernels on meta too
+        fused = _reparameterized(_architecture(name))
+    if fused is not None and matching(fused) == (len(shapes), len(shapes)):
+        return True  # every tensor of the inference-time form of a reparameterizable model (MobileOne)
+    raise InputError(f"model.weights {path} holds another architecture than model.name={name}: "
+                     f"{found} of its {len(shapes)} tensors match the model's {total} "
+                     "(set model.weights to a file of this model, or model.name to the file's model)")
+
+
+def _reparameterized(model):
+    """A reparameterizable model's inference-time form (each block fused into one convolution),
+    or None for a model without such blocks."""
+    from timm.utils.model import reparameterize_model
+    if not any(hasattr(m, "reparameterize") for m in model.modules()):
+        return None
+    return reparameterize_model(model, inplace=True)
+
+
+def check_model_name(name):
+    """model.name must be a timm model: else a ParamError offering timm's closest names."""
+    if timm.is_model(name):
+        return
+    family = timm.list_models(f"{str(name).split('_')[0]}*") or timm.list_models()  # vit_..., resnet...
+    close = difflib.get_close_matches(str(name), family, n=3, cutoff=0.0)
+    raise ParamError(f"unknown model.name {name!r}: not a timm model; the closest are {', '.join(close)} "
+                     "(python -c 'import timm; print(timm.list_models())' lists them all)")
 
 
 def _architecture(name):
     """`name`'s modules and parameter names, built on the meta device: no memory, no time, and no
     draw from the global RNG, so what a check builds never changes a run's random initialisation
     (LoRA's A matrices would otherwise depend on whether a weights file was checked)."""
+    check_model_name(name)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        return timm.create_model(name, pretrained=False)
+        try:
+            return timm.create_model(name, pretrained=False)
+        except RuntimeError as e:  # a tag timm does not have: vit_tiny_patch16_224.bogus
+            raise ParamError(f"model.name={name!r}: {e}") from None
+
+
+def check_method(name, method, section):
+    """What a params section's method asks of the model (trainable names, freeze_blocks, LoRA
+    targets and rank), tried on `name`'s meta architecture: a ParamError naming `section`'s param
+    before data is read or weights are loaded. method: a woof.step.Method (woof.step imports this
+    module). -> the prepared meta model (what trains is its requires_grad)."""
+    model = _architecture(name)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = method.prepare(model)
+    except ValueError as e:  # woof.lora and set_trainable name the argument: targets=..., trainable=...
+        message = str(e)
+        raise ParamError(message if message.startswith(f"{section}.") else f"{section}.{message}") from None
+    for module_name, module in model.named_modules():
+        if not hasattr(module, "lora_A"):  # woof.lora's adapters (not imported: woof.lora imports this module)
+            continue
+        # B·A has rank at most min(in, out): a larger rank only adds parameters that cannot help.
+        rank, width = method.lora["rank"], min(module.lora_A[0].numel(), module.lora_B.shape[0])
+        if rank > width:
+            raise ParamError(f"{section}.rank={rank} is more than {module_name}'s width {width} "
+                             f"(the most B·A can have): use {section}.rank <= {width}, or leave that "
+                             f"layer out of {section}.targets")
+    return model
 
 
 def check_image_size(name, image_size):
@@ -71,18 +134,17 @@ def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=T
     matching rows of the pretrained 1000-class head, so the untrained model *is* the zero-shot
     baseline and fine-tuning starts from it instead of from a random head.
     """
-    if not timm.is_model(name):
-        raise ParamError(f"unknown model.name {name!r}: not a timm model (see timm.list_models())")
-    kwargs = {}
+    check_model_name(name)
+    kwargs, fused = {}, False
     if pretrained and weights:
-        check_weights_file(weights, name)
+        fused = check_weights_file(weights, name)
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights), custom_load=False)
     from_imagenet_head = pretrained and class_indices is not None
     if from_imagenet_head:
         # -1 means "not an ImageNet class"; as a row index it would silently pick class 999.
         bad = [pos for pos, i in enumerate(class_indices) if not 0 <= i < 1000]
         if bad:
-            raise ValueError(f"class_indices={list(class_indices)}: the classes at positions {bad} have no "
+            raise ParamError(f"class_indices={list(class_indices)}: the classes at positions {bad} have no "
                              f"ImageNet row (0..999); use class_indices=None for a random head")
     kwargs["num_classes"] = 1000 if from_imagenet_head else num_classes
     size = {"img_size": img_size} if img_size else {}
@@ -91,12 +153,17 @@ def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=T
     if pretrained and not weights and not _hub_weights_available(name):  # instead of minutes of retries
         raise InputError(f"the Hugging Face hub is unreachable and {name}'s weights are not in its local cache: {offline}")
     try:
-        model = _timm_model(name, pretrained, size, kwargs)
+        model = _fused_model(name, weights, size, kwargs) if fused else _timm_model(name, pretrained, size, kwargs)
     except (OSError, ConnectionError, TimeoutError) as e:  # huggingface_hub's errors are OSErrors
         if weights or not pretrained:
             raise
         raise InputError(f"could not download {name}'s pretrained weights from the Hugging Face hub "
                          f"({type(e).__name__}): {offline}") from e
+    except RuntimeError as e:  # load_state_dict: a shape the check's 10 % tolerance let through
+        if not (pretrained and weights):
+            raise
+        raise InputError(f"model.weights {weights} does not fit model.name={name}: "
+                         f"{str(e).strip().splitlines()[0][:200]}") from e
     if from_imagenet_head:
         old = model.get_classifier()
         idx = torch.as_tensor(class_indices)
@@ -126,6 +193,17 @@ def _hub_weights_available(name, timeout=5):
         return True
     except OSError:
         return False
+
+
+def _fused_model(name, weights, size, kwargs):
+    """A reparameterizable model from a file of its inference-time form: built unfused with
+    random weights, fused, then loaded with strict keys (timm's loader expects the unfused keys)."""
+    num_classes = kwargs["num_classes"]
+    model = _reparameterized(_timm_model(name, False, size, {"num_classes": 1000}))
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    if num_classes != 1000:
+        model.reset_classifier(num_classes)
+    return model
 
 
 def _timm_model(name, pretrained, size, kwargs):
@@ -163,7 +241,9 @@ def trainable_prefixes(model, names):
         prefixes += found
         unmatched += [] if found else [name]
     if unmatched:
-        raise ParamError(f"trainable={list(names)}: {unmatched} match no parameter of {type(model).__name__}")
+        tops = ", ".join(dict.fromkeys(n.split(".")[0] for n in params))
+        raise ParamError(f"trainable={list(names)}: {unmatched} match no parameter of {type(model).__name__} "
+                         f"(names are parameter-name prefixes, e.g. head, blocks.11; its top level: {tops})")
     return tuple(prefixes)
 
 
@@ -234,21 +314,50 @@ def save_model(model, out_dir, config, filename="model.safetensors"):
         tmp.write_text(json.dumps(config, indent=2) + "\n")
 
 
+def saved_config(model_dir):
+    """config.json of a model saved by `save_model`, checked: an InputError names a missing or
+    damaged file."""
+    path = Path(model_dir) / "config.json"
+    with reading(path, f"train {model_dir} again (dvc repro)"):
+        config = json.loads(path.read_text())
+        if not (isinstance(config, dict) and isinstance(config.get("model"), str)
+                and isinstance(config.get("num_classes"), int)):
+            raise ValueError("no model name and number of classes")
+        if not timm.is_model(config["model"]):
+            raise ValueError(f"{config['model']!r} is not a timm model")
+    return config
+
+
 def load_model(model_dir, filename="model.safetensors", device="cpu"):
     """Rebuild a model saved by `save_model` (architecture from config.json, no download)."""
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    model = create_model(config["model"], num_classes=config["num_classes"],
-                         img_size=config.get("image_size"), pretrained=False)
-    model.load_state_dict(load_file(str(model_dir / filename), device="cpu"), strict=True)
+    config = saved_config(model_dir)
+    with reading(model_dir / filename, f"train {model_dir} again (dvc repro)"):
+        state = load_file(str(model_dir / filename), device="cpu")
+        model = create_model(config["model"], num_classes=config["num_classes"],
+                             img_size=config.get("image_size"), pretrained=False)
+        model.load_state_dict(state, strict=True)  # a missing or misshapen tensor: another model's file
     return model.to(device).eval(), config
 
 
-def load_models(root="models", device="cpu"):
-    """The two fine-tuned models of the pipeline, ready for inference: {"full": m, "lora": m}.
+def zero_shot_model(model_cfg, classes, image_size):
+    """The untrained baseline: the pretrained model with its ImageNet head restricted to the task's
+    classes (rows picked by each class's `imagenet_index`)."""
+    return create_model(model_cfg.name, num_classes=len(classes), img_size=image_size,
+                        weights=pretrained_weights(model_cfg), class_indices=[c["imagenet_index"] for c in classes])
 
-    The LoRA model is the merged one (plain timm architecture, no adapter overhead)."""
-    root = Path(root)
+
+PROJECT = Path(__file__).resolve().parents[1]  # the repository: models/ is found from anywhere
+
+
+def load_models(root=None, device="cpu"):
+    """The two fine-tuned models of the pipeline, ready for inference: {"full": m, "lora": m}.
+    root: the folder holding full/ and lora/ (default: the project's models/). The LoRA model is
+    the merged one (plain timm architecture, no adapter overhead)."""
+    root = Path(root) if root is not None else PROJECT / "models"
+    for method in ("full", "lora"):
+        if not (root / method / "model.safetensors").exists():
+            raise InputError(f"{root / method}/model.safetensors not found: run `dvc repro` (or `make`) in {PROJECT} first")
     return {method: load_model(root / method, device=device)[0] for method in ("full", "lora")}
 
 

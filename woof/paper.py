@@ -1,349 +1,30 @@
-"""The paper: one document model rendered twice, as report.md (the GitHub view) and, through
-Typst, as report.pdf. Every number comes from metrics/ and every sentence that states a result is
-generated from those numbers, so no sentence is written twice and none outlives its number.
-
-Blocks are plain dataclasses; text uses a small Markdown subset that both renderers understand:
-**bold**, *emphasis*, `code`, [text](url) and citations [@key] or [@a; @b].
+"""The paper: words only. Every number, verdict and figure comes from the compare stage's results
+file (metrics/compare.json, woof.compare) and its figures; this module computes nothing, it says
+what it finds there, once, and woof.document typesets it as report.md and report.pdf. The same
+answer is written into README.md between the RESULTS markers (`readme_block`).
 """
-import math
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
+from woof.document import Bullets, Doc, Equation, Figure, Heading, Para, Table
 from woof.io import atomic_path, read_json
-
-# ---------------------------------------------------------------- the document model
-
-
-@dataclass
-class Heading:
-    text: str
-    level: int = 1
-
-
-@dataclass
-class Para:
-    text: str
-
-
-@dataclass
-class Bullets:
-    items: list
-
-
-@dataclass
-class Table:
-    header: list
-    rows: list
-    caption: str
-    align: str = ""  # one letter per column, l/r; default: first left, the rest right
-
-
-@dataclass
-class Figure:
-    path: str | list  # one image, or several side by side
-    caption: str
-    width: int = 100  # percent of the text width in the PDF (of all images together)
-
-    @property
-    def paths(self):
-        return [self.path] if isinstance(self.path, str) else list(self.path)
-
-
-@dataclass
-class Equation:
-    typst: str     # Typst math
-    markdown: str  # the same in GitHub's LaTeX math
-
-
-@dataclass
-class Doc:
-    title: str
-    abstract: str
-    blocks: list = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- references (one source: refs.bib is written from it)
-
-REFERENCES = {
-    "hu2022lora": dict(kind="inproceedings", author="Hu, Edward J. and Shen, Yelong and Wallis, Phillip and Allen-Zhu, Zeyuan and Li, Yuanzhi and Wang, Shean and Wang, Lu and Chen, Weizhu",
-                       title="{LoRA}: Low-Rank Adaptation of Large Language Models", booktitle="ICLR", year="2022"),
-    "dosovitskiy2021vit": dict(kind="inproceedings", author="Dosovitskiy, Alexey and Beyer, Lucas and Kolesnikov, Alexander and others",
-                               title="An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", booktitle="ICLR", year="2021"),
-    "steiner2022augreg": dict(kind="article", author="Steiner, Andreas and Kolesnikov, Alexander and Zhai, Xiaohua and Wightman, Ross and Uszkoreit, Jakob and Beyer, Lucas",
-                              title="How to train your {ViT}? Data, Augmentation, and Regularization in Vision Transformers", journal="TMLR", year="2022"),
-    "houlsby2019adapters": dict(kind="inproceedings", author="Houlsby, Neil and Giurgiu, Andrei and Jastrzebski, Stanislaw and others",
-                                title="Parameter-Efficient Transfer Learning for {NLP}", booktitle="ICML", year="2019"),
-    "jia2022vpt": dict(kind="inproceedings", author="Jia, Menglin and Tang, Luming and Chen, Bor-Chun and Cardie, Claire and Belongie, Serge and Hariharan, Bharath and Lim, Ser-Nam",
-                       title="Visual Prompt Tuning", booktitle="ECCV", year="2022"),
-    "kalajdzievski2023rslora": dict(kind="article", author="Kalajdzievski, Damjan", title="A Rank Stabilization Scaling Factor for Fine-Tuning with {LoRA}",
-                                    journal="arXiv:2312.03732", year="2023"),
-    "yosinski2014transferable": dict(kind="inproceedings", author="Yosinski, Jason and Clune, Jeff and Bengio, Yoshua and Lipson, Hod",
-                                     title="How transferable are features in deep neural networks?", booktitle="NeurIPS", year="2014"),
-    "kornblith2019better": dict(kind="inproceedings", author="Kornblith, Simon and Shlens, Jonathon and Le, Quoc V.",
-                                title="Do Better {ImageNet} Models Transfer Better?", booktitle="CVPR", year="2019"),
-    "kumar2022finetuning": dict(kind="inproceedings", author="Kumar, Ananya and Raghunathan, Aditi and Jones, Robbie and Ma, Tengyu and Liang, Percy",
-                                title="Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution", booktitle="ICLR", year="2022"),
-    "caron2021dino": dict(kind="inproceedings", author="Caron, Mathilde and Touvron, Hugo and Misra, Ishan and J{\\'e}gou, Herv{\\'e} and Mairal, Julien and Bojanowski, Piotr and Joulin, Armand",
-                          title="Emerging Properties in Self-Supervised Vision Transformers", booktitle="ICCV", year="2021"),
-    "abnar2020rollout": dict(kind="inproceedings", author="Abnar, Samira and Zuidema, Willem", title="Quantifying Attention Flow in Transformers",
-                             booktitle="ACL", year="2020"),
-    "chefer2021transformer": dict(kind="inproceedings", author="Chefer, Hila and Gur, Shir and Wolf, Lior",
-                                  title="Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", booktitle="ICCV", year="2021"),
-    "howard2019imagenette": dict(kind="misc", author="Howard, Jeremy", title="Imagenette and Imagewoof",
-                                 howpublished="https://github.com/fastai/imagenette", year="2019"),
-    "russakovsky2015imagenet": dict(kind="article", author="Russakovsky, Olga and Deng, Jia and Su, Hao and others",
-                                    title="{ImageNet} Large Scale Visual Recognition Challenge", journal="IJCV", year="2015"),
-    "mcnemar1947": dict(kind="article", author="McNemar, Quinn", title="Note on the sampling error of the difference between correlated proportions or percentages",
-                        journal="Psychometrika", year="1947"),
-    "wilson1927": dict(kind="article", author="Wilson, Edwin B.", title="Probable Inference, the Law of Succession, and Statistical Inference",
-                       journal="Journal of the American Statistical Association", year="1927"),
-    "dietterich1998": dict(kind="article", author="Dietterich, Thomas G.", title="Approximate Statistical Tests for Comparing Supervised Classification Learning Algorithms",
-                           journal="Neural Computation", year="1998"),
-    "wightman2019timm": dict(kind="misc", author="Wightman, Ross", title="PyTorch Image Models", howpublished="https://github.com/huggingface/pytorch-image-models", year="2019"),
-    "loshchilov2019adamw": dict(kind="inproceedings", author="Loshchilov, Ilya and Hutter, Frank", title="Decoupled Weight Decay Regularization",
-                                booktitle="ICLR", year="2019"),
-}
-
-
-def bibtex(keys=None):
-    out = []
-    for key, e in REFERENCES.items():
-        if keys is not None and key not in keys:
-            continue
-        fields = ",\n".join(f"  {k} = {{{v}}}" for k, v in e.items() if k != "kind")
-        out.append(f"@{e['kind']}{{{key},\n{fields}\n}}")
-    return "\n\n".join(out) + "\n"
-
-
-def _plain_reference(e):
-    authors = re.sub(r"[{}\\']", "", e["author"]).split(" and ")
-    names = [" ".join(reversed([p.strip() for p in a.split(",")])) for a in authors]
-    who = names[0] + " et al." if len(names) > 2 else " and ".join(names)
-    where = e.get("booktitle") or e.get("journal") or e.get("howpublished", "")
-    return f"{who.rstrip('.')}. {re.sub(r'[{}]', '', e['title'])}. {where}, {e['year']}."
-
-
-# ---------------------------------------------------------------- rendering
-
-CITE = re.compile(r"\[(@[\w-]+(?:;\s*@[\w-]+)*)\]")
-INLINE = re.compile(r"(`[^`]+`|\*\*[^*]+\*\*|\*[^*\s][^*]*\*|\[@[\w-]+(?:;\s*@[\w-]+)*\]|\[[^\]]+\]\([^)]+\))")
-TYPST_SPECIAL = re.compile(r"([\\#$*_<>@\[\]~`/=+\-\"'])")
-
-
-def cited(doc):
-    """Citation keys in order of first use."""
-    keys = []
-    for text in _texts(doc):
-        for group in CITE.findall(text):
-            keys += [k.strip().lstrip("@") for k in group.split(";") if k.strip().lstrip("@") not in keys]
-    return list(dict.fromkeys(keys))
-
-
-def _texts(doc):
-    yield doc.abstract
-    for b in doc.blocks:
-        if isinstance(b, (Heading, Para)):
-            yield b.text
-        elif isinstance(b, Bullets):
-            yield from b.items
-        elif isinstance(b, (Table, Figure)):
-            yield b.caption
-
-
-def markdown(doc, path="report.md"):
-    """GitHub Markdown: citations numbered [n] with a reference list; figure paths relative to path."""
-    keys = cited(doc)
-    missing = [k for k in keys if k not in REFERENCES]
-    if missing:
-        raise KeyError(f"cited but not in woof.paper.REFERENCES: {missing}")
-    number = {k: i + 1 for i, k in enumerate(keys)}
-
-    def inline(text):
-        return CITE.sub(lambda m: "[" + ", ".join(str(number[k.strip().lstrip("@")]) for k in m.group(1).split(";")) + "]",
-                        text)
-
-    base = Path(path).resolve().parent
-    out = [f"# {doc.title}", "", "*Generated by the pipeline (`dvc repro`) from `metrics/` and `plots/`; "
-           "do not edit. The same document is typeset as report.pdf.*", "", f"**Abstract.** {inline(doc.abstract)}", ""]
-    section = figure = table = 0
-    for b in doc.blocks:
-        if isinstance(b, Heading):
-            if b.level == 1:
-                section += 1
-                out += [f"## {section} {b.text}", ""]
-            else:
-                out += [f"### {b.text}", ""]
-        elif isinstance(b, Para):
-            out += [inline(b.text), ""]
-        elif isinstance(b, Bullets):
-            out += [f"- {inline(i)}" for i in b.items] + [""]
-        elif isinstance(b, Equation):
-            out += ["$$", b.markdown, "$$", ""]
-        elif isinstance(b, Table):
-            table += 1
-            align = b.align or "l" + "r" * (len(b.header) - 1)
-            md = pd.DataFrame(b.rows, columns=b.header).to_markdown(
-                index=False, colalign=["left" if a == "l" else "right" for a in align], disable_numparse=True)
-            out += [f"*Table {table}. {inline(b.caption)}*", "", md, ""]
-        elif isinstance(b, Figure):
-            figure += 1
-            out += [" ".join(f"![Figure {figure}]({Path(_relpath(Path(p).resolve(), base)).as_posix()})"
-                             for p in b.paths), "", f"*Figure {figure}. {inline(b.caption)}*", ""]
-    out += ["## References", ""] + [f"{number[k]}. {_plain_reference(REFERENCES[k])}" for k in keys]
-    return "\n".join(out) + "\n"
-
-
-def _relpath(p, base):
-    import os
-    return os.path.relpath(p, base)
-
-
-def typst_inline(text):
-    """Our Markdown subset -> Typst markup, everything else escaped."""
-    out = []
-    for part in INLINE.split(text):
-        if not part:
-            continue
-        if part.startswith("`"):
-            out.append(part)  # raw text
-        elif part.startswith("**"):
-            out.append("*" + _escape(part[2:-2]) + "*")
-        elif part.startswith("[@"):
-            out.append(" ".join("@" + k.strip().lstrip("@") for k in part[1:-1].split(";")))
-        elif part.startswith("["):
-            label, url = re.match(r"\[([^\]]+)\]\(([^)]+)\)", part).groups()
-            out.append(f'#link("{url}")[{_escape(label)}]')
-        elif part.startswith("*"):
-            out.append("_" + _escape(part[1:-1]) + "_")
-        else:
-            out.append(_escape(part))
-    return "".join(out)
-
-
-def _escape(text):
-    return TYPST_SPECIAL.sub(r"\\\1", text)
-
-
-def typst(doc, bib="refs.bib"):
-    """The Typst source of the PDF (paths relative to the compile root)."""
-    keys = cited(doc)
-    t = ["#set document(title: " + _typst_string(doc.title) + ")",
-         '#set page(paper: "us-letter", margin: (x: 2.1cm, y: 2.2cm), numbering: "1")',
-         '#set text(size: 10pt)',
-         '#set par(justify: true)',
-         '#set heading(numbering: "1.1")',
-         '#show figure.caption: set text(size: 9pt)',
-         '#show table: set text(size: 8pt)',
-         "#align(center)[#text(size: 16pt, weight: \"bold\")[" + _escape(doc.title) + "]]",
-         "#align(center)[#text(size: 10pt)[woof: a reproducible DVC pipeline · generated from its own metrics]]",
-         "#v(0.6em)",
-         "#pad(x: 1.2cm)[#text(size: 9pt)[*Abstract.* " + typst_inline(doc.abstract) + "]]",
-         "#v(0.4em)"]
-    for b in doc.blocks:
-        if isinstance(b, Heading):
-            t.append("=" * b.level + " " + _escape(b.text))
-        elif isinstance(b, Para):
-            t.append(typst_inline(b.text) + "\n")
-        elif isinstance(b, Bullets):
-            t += ["- " + typst_inline(i) for i in b.items] + [""]
-        elif isinstance(b, Equation):
-            t.append(f"$ {b.typst} $")
-        elif isinstance(b, Table):
-            align = b.align or "l" + "r" * (len(b.header) - 1)
-            cells = ", ".join(f"[{typst_inline(str(c))}]" for row in [b.header] + b.rows for c in row)
-            cols = ", ".join("left" if a == "l" else "right" for a in align)
-            t.append(f"#figure(table(columns: {len(b.header)}, align: ({cols},), stroke: none, "
-                     f"table.hline(y: 1, stroke: 0.5pt), {cells}), caption: [{typst_inline(b.caption)}], kind: table)")
-        elif isinstance(b, Figure):
-            images = [f"image({_typst_string(Path(p).as_posix())}, width: 100%)" for p in b.paths]
-            body = images[0] if len(images) == 1 else \
-                f"grid(columns: {len(images)}, gutter: 0.6em, {', '.join(images)})"
-            # Floating figures (top or bottom of a page) keep the text from breaking around them.
-            t.append(f"#figure(box(width: {b.width}%, {body}), placement: auto, "
-                     f"caption: [{typst_inline(b.caption)}])")
-    if keys:
-        t.append(f'#bibliography({_typst_string(bib)}, title: "References", style: "ieee")')
-    return "\n".join(t) + "\n"
-
-
-def _typst_string(s):
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def write(doc, md_path="report.md", pdf_path="report.pdf", root="."):
-    """report.md and report.pdf, both atomically; Typst compiles in-process."""
-    import typst as typst_compiler
-    root = Path(root).resolve()
-    for b in doc.blocks:
-        for p in b.paths if isinstance(b, Figure) else []:
-            if not (root / p).exists():
-                raise FileNotFoundError(f"figure {p} not found: run the stage that draws it (dvc repro)")
-    text = markdown(doc, md_path)
-    # The Typst source and the bibliography are scaffolding inside the compile root, removed after.
-    src, bib = root / ".report.typ", root / ".report.bib"
-    try:
-        bib.write_text(bibtex(set(cited(doc))))
-        src.write_text(typst(doc, bib="/" + bib.name))
-        with atomic_path(pdf_path) as pdf:
-            typst_compiler.compile(str(src), output=str(pdf), root=str(root))
-    finally:
-        src.unlink(missing_ok=True)
-        bib.unlink(missing_ok=True)
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(text)
-
-
-# ---------------------------------------------------------------- number formatting (once)
-
-def pct(x, digits=1):
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f} %"
-
-
-def pct_ci(x, lo, hi, digits=1):
-    return f"{pct(x, digits)} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
-
-
-def pvalue(p):
-    if math.isnan(p):  # a test with nothing to test, e.g. Welch's t on samples without spread
-        return "p undefined"
-    return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
-
-
-def mean_std(m):
-    """Points, from a {"mean", "std"} of fractions (woof.results.seeds)."""
-    return f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
-
-
-def count(n):
-    return f"{int(n):,}"
-
+from woof.labels import SPLIT_NAMES, count, label, mean_std, pct, pct_ci, points, pvalue
 
 # ---------------------------------------------------------------- the content
 
 TITLE = "LoRA or Full Fine-Tuning? A Clean-Test Comparison on ImageWoof with ViT-Tiny"
 
 
-def build(metrics_dir="metrics", plots_dir="plots", params=None):
-    """The paper from the pipeline's metrics (required) and the programme's record (optional)."""
-    from woof import report
-    m, p = Path(metrics_dir), Path(plots_dir)
+def build(results_path="metrics/compare.json", plots_dir="plots", params=None):
+    """The paper from the compare stage's results (and params.yaml for the configuration's words)."""
+    res, p = read_json(results_path), Path(plots_dir)
     params = params or {}
-    df = report.collect(m, p)
-    compare = read_json(m / "compare.json")
-    split = df.split.iloc[0]
-    paired = compare.get("paired", {}).get(split, {})
-    data = read_json(m / "data.json") if (m / "data.json").exists() else {}
-    trains = {k: read_json(m / f"train_{k}.json") for k in ("full", "lora")}
-    cost = read_json(m / "cost.json") if (m / "cost.json").exists() else {}
-    att = read_json(m / "attention.json") if (m / "attention.json").exists() else None
-    prog = read_json(m / "programme.json") if (m / "programme.json").exists() else {}
-    moved = read_json(m / "drift.json") if (m / "drift.json").exists() else None
-    r = report._by_method(df)
-    ctx = dict(df=df, r=r, split=split, paired=paired, paired_all=compare.get("paired", {}), data=data, trains=trains, cost=cost, att=att,
-               prog=prog if prog.get("best") else None, params=params, plots=p, drift=moved)
+    split = res["split"]
+    prog = res.get("programme")
+    ctx = dict(res=res, r={m: res[m] for m in ("zero_shot", "full", "lora")}, split=split,
+               paired=res["paired"].get(split, {}), paired_all=res["paired"], v=res["verdicts"],
+               data=res.get("data") or {}, cost=res.get("cost") or {}, att=res.get("attention"),
+               drift=res.get("drift"), prog=prog if prog and prog.get("best") else None, params=params, plots=p,
+               same_data=res["provenance"]["same_data"])
     blocks = [*introduction(ctx), *related_work(), *method(ctx), *setup(ctx), *results(ctx), *attention(ctx),
               *discussion(ctx), *limitations(ctx), *conclusion(ctx)]
     return Doc(TITLE, abstract(ctx), blocks)
@@ -357,9 +38,15 @@ def _answer(ctx):
         b = prog["best"]
         return b["lora"], b["full"], prog["lora_vs_full"], "programme"
     r = ctx["r"]
-    conv = lambda x: {"test_top1": x["top1"], "test_top1_lo": x["top1_lo"], "test_top1_hi": x["top1_hi"],  # noqa: E731
-                      "trainable_params": x["trainable_params"], "name": x["method"]}
-    return conv(r["lora"]), conv(r["full"]), ctx["paired"].get("lora_vs_full"), "pipeline"
+    conv = lambda m: {"test_top1": r[m]["top1"], "test_top1_lo": r[m]["top1_lo"], "test_top1_hi": r[m]["top1_hi"],  # noqa: E731
+                      "trainable_params": r[m]["trainable_params"], "trainable_pct": r[m]["trainable_pct"],
+                      "trainable_share": r[m]["trainable_share"], "name": m}
+    return conv("lora"), conv("full"), ctx["paired"].get("lora_vs_full"), "pipeline"
+
+
+def _zero_shot(ctx, source):
+    """The zero-shot model's top-1 from the same source as the answer (the same images and data)."""
+    return ctx["prog"]["zero_shot"]["test_top1"] if source == "programme" else ctx["r"]["zero_shot"]["top1"]
 
 
 def _verdict(t, a="LoRA", b="full fine-tuning"):
@@ -370,15 +57,12 @@ def _verdict(t, a="LoRA", b="full fine-tuning"):
     return f"the difference is significant ({pvalue(t['p_value'])}) in favour of {a if t['difference'] > 0 else b}"
 
 
-def hardware(trains):
-    """Where the models trained (train.py's `hardware`); else this machine, labelled as such."""
-    full, lora = (t.get("hardware") for t in trains)
+def hardware(r):
+    """Where the pipeline's models trained (train.py's `hardware`)."""
+    full, lora = r["full"].get("hardware"), r["lora"].get("hardware")
     if full and full == lora:
         return f"{full} (from metrics/train_*.json)"
-    if full or lora:
-        return f"full fine-tuning on {full or 'unrecorded hardware'}, LoRA on {lora or 'unrecorded hardware'}"
-    from woof.train import machine  # the description the training runs record
-    return f"Not recorded by the training runs; this report was written on {machine()}"
+    return f"full fine-tuning on {full or 'unrecorded hardware'}, LoRA on {lora or 'unrecorded hardware'}"
 
 
 def abstract(ctx):
@@ -390,9 +74,8 @@ def abstract(ctx):
                  + (f" recorded so far ({runs['missing']} still to run)" if runs.get("missing") else ""))
     else:
         which = "the default configuration of each method"
-    test_n = d.get("test_images") or int(ctx["df"].n.iloc[0])
-    seen = ((d["train_images"] + d["val_images"]) / (d["train_images"] + d["val_images"] + d["test_images"])
-            if d.get("test_images") else 0.96)  # the images that are not of ImageNet-val origin
+    test_n = d.get("test_images") or ctx["r"]["full"]["n"]
+    seen = ctx["res"]["seen_share"]
     return (f"Should one fine-tune every weight of a pretrained Vision Transformer or train a low-rank adapter? "
             f"We compare full fine-tuning and LoRA [@hu2022lora] for an ImageNet-pretrained ViT-Tiny on ImageWoof, "
             f"ten dog breeds cut out of ImageNet, on a two-core CPU. Since {pct(seen, 0)} of ImageWoof's images are ImageNet "
@@ -401,18 +84,18 @@ def abstract(ctx):
             f"and compare models with paired tests. For {which}, LoRA reaches "
             f"{pct_ci(lora['test_top1'], lora['test_top1_lo'], lora['test_top1_hi'])} clean-test top-1 against "
             f"{pct_ci(full['test_top1'], full['test_top1_lo'], full['test_top1_hi'])} for full fine-tuning, and "
-            f"{_verdict(t)}. {seeds_sentence(lora, full)}{zero_shot_sentence(ctx)} {lora_size_sentence(lora, ctx)}")
+            f"{_verdict(t)}. {seeds_sentence(lora, full, ctx)}{zero_shot_sentence(ctx)} {lora_size_sentence(lora, ctx)}"
+            f"{provenance_sentence(ctx)}")
 
 
-def seeds_sentence(lora, full):
+def seeds_sentence(lora, full, ctx):
     """Both val-best configurations' test top-1 over their seeds, and Welch's t-test between the
     seed means, which weighs the gap against seed-to-seed variation ("" until both have reruns)."""
-    from scipy.stats import ttest_ind_from_stats
     sl, sf = lora.get("seeds", {}), full.get("seeds", {})
-    if sl.get("n", 0) < 2 or sf.get("n", 0) < 2:
+    p = (ctx["prog"] or {}).get("lora_vs_full_seeds_p", None) if sl and sf else None
+    if sl.get("n", 0) < 2 or sf.get("n", 0) < 2 or "lora_vs_full_seeds_p" not in (ctx["prog"] or {}):
         return ""
     ml, mf = sl["test_top1"], sf["test_top1"]
-    p = ttest_ind_from_stats(ml["mean"], ml["std"], sl["n"], mf["mean"], mf["std"], sf["n"], equal_var=False).pvalue
     return (f"Over {sl['n']} and {sf['n']} seeds the two score {mean_std(ml)} % and {mean_std(mf)} % on clean test "
             f"(Welch's t-test between the seed means: {pvalue(p)}). ")
 
@@ -422,7 +105,7 @@ def lora_size_sentence(lora, ctx):
     programme keeps no checkpoints)."""
     r = ctx["r"]
     return (f"That LoRA trains {count(lora['trainable_params'])} parameters, "
-            f"{pct(lora['trainable_params'] / r['full']['total_params'])} of the model's "
+            f"{pct(lora['trainable_share'])} of the model's "
             f"{count(r['full']['total_params'])}; the pipeline's rank-{ctx['params'].get('lora', {}).get('rank', '?')} "
             f"adapter file is {r['lora']['checkpoint_mb']:.2f} MB against {r['full']['checkpoint_mb']:.1f} MB for a full model.")
 
@@ -430,9 +113,10 @@ def lora_size_sentence(lora, ctx):
 def zero_shot_sentence(ctx):
     """Whether fine-tuning beat the untrained ImageNet head, on the clean split and on val: for the
     models the abstract compares (the programme's val-best runs, else the pipeline's)."""
-    zs = pct(ctx["r"]["zero_shot"]["top1"])
+    source = _answer(ctx)[3]
+    zs = pct(_zero_shot(ctx, source))  # the zero-shot run on the same images as the tests below
     prog = ctx.get("prog")
-    if prog and all("vs_zero_shot" in prog["best"].get(m, {}) for m in ("full", "lora")):
+    if source == "programme":
         tests = {s: [prog["best"][m]["vs_zero_shot"].get(s) for m in ("full", "lora")] for s in ("test", "val")}
     else:
         tests = {s: [ctx["paired_all"].get(s, {}).get(f"{m}_vs_zero_shot") for m in ("full", "lora")]
@@ -455,6 +139,17 @@ def zero_shot_sentence(ctx):
         text = (f"Against the zero-shot ImageNet head ({zs}) only "
                 f"{'full fine-tuning' if won[0] else 'LoRA'} is significantly better ({ps}).")
     return text
+
+
+def provenance_sentence(ctx):
+    """Said plainly when the pipeline's numbers and the programme's come from other bytes."""
+    if ctx["same_data"] or ctx["prog"] is None:
+        return ""
+    p = ctx["res"]["provenance"]
+    return (f" The pipeline's own runs in this report used another archive or other weights than the programme "
+            f"(archive sha256 {str(p['pipeline']['archive_sha256'])[:12]} against "
+            f"{', '.join(s[:12] for s in p['programme']['archive_sha256']) or 'unrecorded'}), so their numbers are "
+            "shown apart and never paired with the programme's.")
 
 
 def introduction(ctx):
@@ -527,7 +222,7 @@ def method(ctx):
 def setup(ctx):
     d, params = ctx["data"], ctx["params"]
     full, lora = params.get("full", {}), params.get("lora", {})
-    hw = hardware(list(ctx["trains"].values()))
+    hw = hardware(ctx["r"])
     rows = [[s, count(d.get(f"{s}_images", 0)), count(d.get(f"{s}_imagenet_val_origin", 0))]
             for s in ("train", "val", "test") if d.get(f"{s}_images") is not None]
     blocks = [Heading("Setup"),
@@ -547,8 +242,8 @@ def setup(ctx):
                     f"with linear warmup and cosine decay, label smoothing, random resized crops and flips, "
                     f"{full.get('epochs', '?')} epochs at batch {full.get('batch_size', '?')}; full fine-tuning at lr "
                     f"{full.get('lr', '?')}, LoRA at lr {lora.get('lr', '?')}, rank {lora.get('rank', '?')}, alpha "
-                    f"{lora.get('alpha', '?')}. Precision {ctx['trains']['full'].get('precision', 'fp32')}"
-                    f"{', compiled' if ctx['trains']['full'].get('compile') else ''}; hardware: {hw}."),
+                    f"{lora.get('alpha', '?')}. Precision {ctx['r']['full'].get('precision') or 'fp32'}"
+                    f"{', compiled' if ctx['r']['full'].get('compile') else ''}; hardware: {hw}."),
                Para("**What was tuned on what.** The learning rates, ranks and the choice among methods are made on the "
                     "validation split only; the clean test split reports. Accuracies carry 95 % Wilson intervals "
                     "[@wilson1927]; two models on the same images are compared with McNemar's exact test on the images "
@@ -557,27 +252,23 @@ def setup(ctx):
 
 
 def results(ctx):
-    from woof import report
-    df, split, paired = ctx["df"], ctx["split"], ctx["paired"]
-    name = report.SPLIT_NAMES[split]
-    rows = []
-    for row in df.to_dict("records"):
-        rows.append([report.LABELS[row["method"]], pct_ci(row["top1"], row["top1_lo"], row["top1_hi"]),
-                     pct(row["val_top1"]), count(row["trainable_params"]),
-                     "-" if not row["train_minutes"] else f"{row['train_minutes']:.1f}",
-                     "-" if math.isnan(row["checkpoint_mb"]) else f"{row['checkpoint_mb']:.2f}"])
+    r, split, paired = ctx["r"], ctx["split"], ctx["paired"]
+    name = SPLIT_NAMES[split]
+    rows = [[label(m, True), pct_ci(row["top1"], row["top1_lo"], row["top1_hi"]), pct(row["val_top1"]),
+             count(row["trainable_params"]), "-" if not row["train_minutes"] else f"{row['train_minutes']:.1f}",
+             "-" if row["checkpoint_mb"] is None else f"{row['checkpoint_mb']:.2f}"] for m, row in r.items()]
     blocks = [Heading("Results"),
               Table(["method", f"{name} top-1 [95 % CI]", "val top-1", "trainable params", "train min", "checkpoint MB"],
-                    rows, f"The pipeline's default configurations on the {name} split ({count(df.n.iloc[0])} images). "
+                    rows, f"The pipeline's default configurations on the {name} split ({count(r['full']['n'])} images). "
                           "LoRA's checkpoint is its adapter; the backbone is shared.")]
     if paired:
-        prow = [[f"{report.LABELS[a]} vs {report.LABELS[b]}", f"{100 * t['difference']:+.1f}",
+        prow = [[f"{label(a, True)} vs {label(b, True)}", f"{100 * t['difference']:+.1f}",
                  f"{100 * t['difference_ci'][0]:+.1f} to {100 * t['difference_ci'][1]:+.1f}",
                  str(t["a_only"]), str(t["b_only"]), pvalue(t["p_value"])]
                 for pair, t in paired.items() for a, b in [pair.split("_vs_")]]
         blocks.append(Table(["comparison", "difference (points)", "95 % CI", "only first right", "only second right", "McNemar"],
                             prow, f"Paired comparisons on the same {name} images."))
-    blocks.append(Para(report.discussion(df, paired)[0]))
+    blocks.append(Para(pipeline_discussion(ctx)[0]))
     for key, caption in (("accuracy", "Top-1 per method on validation and on the clean test split, 95 % Wilson intervals."),
                          ("curves", "Training and validation loss and accuracy per epoch."),
                          ("per_class", f"Per-class accuracy on the {name} split.")):
@@ -595,13 +286,12 @@ def results(ctx):
 
 
 def programme_results(ctx):
-    from woof.results import LABELS
     prog, plots = ctx["prog"], ctx["plots"]
     rows = []
     for family, b in prog["best"].items():
         s = b["seeds"]
         seeds = f"{mean_std(s['test_top1'])} ({s['n']})" if s["n"] > 1 else "-"
-        rows.append([LABELS[family], f"`{b['name']}`", pct(b["val_top1"]),
+        rows.append([label(family), f"`{b['name']}`", pct(b["val_top1"]),
                      pct_ci(b["test_top1"], b["test_top1_lo"], b["test_top1_hi"]), seeds,
                      count(b["trainable_params"]), f"{b['train_minutes']:.1f}"])
     blocks = [Heading("The experiment programme", 2),
@@ -790,21 +480,108 @@ def attention_paragraph(att):
         text.append(f"For the class-specific rollout the correlations are {rc['pretrained_full']:.2f} (full) and "
                     f"{rc['pretrained_lora']:.2f} (LoRA): " + ("the same ordering." if rcloser == closer else
                                                                 f"here {rcloser} stays closer."))
-    for k, label in (("full", "full fine-tuning"), ("lora", "LoRA")):
+    for k, name in (("full", "full fine-tuning"), ("lora", "LoRA")):
         dm = att[k]["center_mass"] - att["pretrained"]["center_mass"]
         de = att[k]["cls_entropy"] - att["pretrained"]["cls_entropy"]
-        text.append(f"After {label} the CLS attention is {'more' if de > 0 else 'less'} spread out (entropy {de:+.3f}) "
+        text.append(f"After {name} the CLS attention is {'more' if de > 0 else 'less'} spread out (entropy {de:+.3f}) "
                     f"and puts {'more' if dm > 0 else 'less'} of its mass on the image centre ({dm:+.3f}).")
     text.append(f"With {att.get('num_images', 'so few')} images these statistics describe the examples shown, "
                 f"not a property of the methods; {far} moved the attention further on them.")
     return " ".join(text)
 
 
+def _pts(x):
+    return f"{100 * abs(x):.1f} point{'' if round(100 * abs(x), 1) == 1 else 's'}"
+
+
+def paired_sentences(name_a, name_b, t, split_name):
+    """What a paired comparison (woof.stats.compare_paired) says, in two sentences."""
+    lo, hi = t["difference_ci"]
+    first = (f"On the {t['n']:,} {split_name} images they disagree on {t['a_only'] + t['b_only']:,}: only "
+             f"{name_a} is right on {t['a_only']:,}, only {name_b} on {t['b_only']:,} (difference "
+             f"{points(t['difference'])} points, paired 95 % bootstrap CI {points(lo)} to {points(hi)}).")
+    if t["significant"]:
+        second = (f"McNemar's exact test gives {pvalue(t['p_value'])}: the difference is significant at the "
+                  f"5 % level, {name_a if t['difference'] > 0 else name_b} is better on these images.")
+    else:
+        second = (f"McNemar's exact test gives {pvalue(t['p_value'])}: not significant at the 5 % level, so these "
+                  "images cannot tell the two apart.")
+    return [first, second]
+
+
+def pipeline_discussion(ctx):
+    """Three paragraphs on the pipeline's own two models (accuracy, cost, when to use LoRA), each
+    sentence following a verdict of the compare stage."""
+    r, v, paired = ctx["r"], ctx["v"], ctx["paired"]
+    full, lora, zs = r["full"], r["lora"], r["zero_shot"]
+    split_name = SPLIT_NAMES[ctx["split"]]
+    d = v["lora_minus_full"]
+    acc = f"{100 * lora['top1']:.2f} % vs {100 * full['top1']:.2f} % {split_name} top-1"
+    if d == 0:
+        verdict = f"LoRA and full fine-tuning reach the same top-1 ({acc})."
+    elif v["level"]:
+        verdict = f"LoRA matches full fine-tuning within 1 point ({acc}; {'LoRA' if d > 0 else 'full fine-tuning'} ahead by {_pts(d)})."
+    else:
+        verdict = f"{'LoRA' if d > 0 else 'Full fine-tuning'} wins by {_pts(d)} ({acc})."
+    para1 = [verdict]
+    if "lora_vs_full" in paired:
+        para1 += paired_sentences("LoRA", "full fine-tuning", paired["lora_vs_full"], split_name)
+    base = []
+    for m in ("full", "lora"):
+        g = v["vs_zero_shot"][m]
+        where = "above" if g > 0 else "below" if g < 0 else "level with"
+        t = paired.get(f"{m}_vs_zero_shot")
+        sig = "" if t is None else f" ({pvalue(t['p_value'])}, {'significant' if t['significant'] else 'not significant'})"
+        base.append(f"{label(m)} is {_pts(g)} {where}{sig}")
+    para1.append("Against the zero-shot baseline (the pretrained ImageNet head restricted to "
+                 f"the task's classes, {100 * zs['top1']:.2f} %): " + "; ".join(base) + ".")
+
+    cost = [f"LoRA trains {lora['trainable_pct']:.2f} % of the parameters ({count(lora['trainable_params'])} of "
+            f"{count(lora['total_params'])}) against {full['trainable_pct']:.0f} % for full fine-tuning."]
+    tl, tf, speed = lora["train_minutes"], full["train_minutes"], v["speed"]
+    if speed:
+        cost.append(f"It trained in {tl:.1f} min against {tf:.1f} min, "
+                    + {"faster": f"{v['lora_speedup']:.2f}x faster.", "slower": f"{1 / v['lora_speedup']:.2f}x slower.",
+                       "same": "about the same time."}[speed])
+    if v["memory_comparable"] and full.get("peak_memory_kind") == "cuda_allocated":
+        cost.append(f"Peak GPU memory held by tensors was {lora['peak_memory_mb']:.0f} MB against "
+                    f"{full['peak_memory_mb']:.0f} MB ({abs(v['memory_saved_mb'] / full['peak_memory_mb']) * 100:.0f} % "
+                    f"{'less' if v['memory_saved_mb'] > 0 else 'more'}).")
+    elif v["memory_comparable"]:
+        # RSS: the whole process, including the cached dataset both runs hold, so a ratio would
+        # understate the method's difference; the gap in MB does not.
+        cost.append(f"Peak process memory (RSS, which includes the cached dataset both runs hold) was "
+                    f"{lora['peak_memory_mb']:.0f} MB against {full['peak_memory_mb']:.0f} MB, "
+                    f"{abs(v['memory_saved_mb']):.0f} MB {'less' if v['memory_saved_mb'] > 0 else 'more'}.")
+    cl, cf = lora["checkpoint_mb"], full["checkpoint_mb"]
+    cost.append(f"The LoRA adapter takes {cl:.2f} MB on disk against {cf:.2f} MB for the full model "
+                f"({v['checkpoint_ratio_inverse']:.0f}x smaller)." if v["adapter_smaller"] else
+                f"The LoRA adapter takes {cl:.2f} MB, not smaller than the {cf:.2f} MB full model.")
+
+    when = []
+    if not v["lora_behind"]:
+        if v["lora_ahead"]:
+            when.append(f"LoRA is the better choice here on accuracy alone ({_pts(d)} ahead).")
+        if v["adapter_smaller"]:
+            when.append(f"{'It is also' if when else 'Here LoRA is'} the better choice whenever several task-specific "
+                        f"variants must be stored or served from one shared backbone: each extra task costs {cl:.2f} MB "
+                        f"instead of {cf:.2f} MB, at " + ("no top-1 cost." if d >= 0 else f"a top-1 cost of {_pts(d)}."))
+        if speed == "faster":
+            when.append(f"{'It also' if when else 'LoRA'} trained {v['lora_speedup']:.1f}x faster on this hardware, "
+                        "which favours it when training time is the constraint.")
+        if not when:
+            when.append("LoRA is competitive on accuracy here but saved neither storage nor training time, "
+                        "so these numbers give no reason to prefer it.")
+    else:
+        when.append(f"Full fine-tuning is the better choice when its {_pts(d)} of top-1 matter more than storage; "
+                    + (f"LoRA remains the choice when many variants must be kept ({cl:.2f} MB each vs {cf:.2f} MB)."
+                       if v["adapter_smaller"] else "LoRA saves no storage here either."))
+    return [" ".join(para1), " ".join(cost), " ".join(when)]
+
+
 def discussion(ctx):
-    from woof import report
     lora, full, t, source = _answer(ctx)
-    r, df = ctx["r"], ctx["df"]
-    paras = report.discussion(df, ctx["paired"])
+    paras = pipeline_discussion(ctx)
     which = ["**Which method gave the best results?** Comparing "
              + ("the validation-best configurations of the programme" if source == "programme" else
                 "the default configurations")
@@ -820,8 +597,8 @@ def discussion(ctx):
         which.append(f"**How far did each move?** Full fine-tuning changed the backbone's weight matrices by "
                      f"{pct(f['overall'], 2)} on average (relative Frobenius norm ||W - W0|| / ||W0||, at most "
                      f"{pct(f['max'], 1)} in one matrix), LoRA by {pct(lo['overall'], 2)} (at most {pct(lo['max'], 1)}): "
-                     + (f"{f['overall'] / lo['overall']:.1f}x less" if f["overall"] > lo["overall"] else
-                        f"{lo['overall'] / f['overall']:.1f}x more") + " for LoRA.")
+                     + (f"{ctx['v']['drift_full_over_lora']:.1f}x less" if f["overall"] > lo["overall"] else
+                        f"{1 / ctx['v']['drift_full_over_lora']:.1f}x more") + " for LoRA.")
     if ctx["att"] and "corr" in ctx["att"]:
         c = ctx["att"]["corr"]
         closer = c["pretrained_lora"] > c["pretrained_full"]
@@ -830,9 +607,11 @@ def discussion(ctx):
                      + (", although its weights moved more: a larger change in fewer directions can leave "
                         "where the model looks nearly as it was." if closer and moved and
                         moved["lora"]["overall"] > moved["full"]["overall"] else "."))
-    zs = r["zero_shot"]["top1"]
-    which.append(f"Both start from a strong point: the zero-shot head already scores {pct(zs)}, so fine-tuning adds "
-                 f"{100 * (r['full']['top1'] - zs):+.1f} (full) and {100 * (r['lora']['top1'] - zs):+.1f} (LoRA) points. "
+    # On the answer's own images: the programme's zero-shot run beside its val-best runs.
+    gain = ({m: b["vs_zero_shot"]["test"]["difference"] for m, b in (("full", full), ("lora", lora))}
+            if source == "programme" else ctx["v"]["vs_zero_shot"])
+    which.append(f"Both start from a strong point: the zero-shot head already scores {pct(_zero_shot(ctx, source))}, "
+                 f"so fine-tuning adds {points(gain['full'])} (full) and {points(gain['lora'])} (LoRA) points. "
                  + zero_shot_sentence(ctx))
     blocks = [Heading("Discussion"), Para(" ".join(which))]
     if moved and (ctx["plots"] / "drift.png").exists():
@@ -847,7 +626,7 @@ def selection_limitation(prog):
     ranks = (prog or {}).get("lora_ranks", [])
     if len(ranks) < 3:
         return []
-    spread = {s: 100 * (max(r[f"{s}_top1"] for r in ranks) - min(r[f"{s}_top1"] for r in ranks)) for s in ("val", "test")}
+    spread = {s: 100 * prog["lora_rank_spread"][s] for s in ("val", "test")}
     return [f"Selection happens on val, whose images the backbone learnt in pretraining, and val separates "
             f"configurations less than the clean test split does: LoRA's {len(ranks)} ranks span "
             f"{spread['val']:.1f} points of val top-1 and {spread['test']:.1f} of test top-1. A val-best "
@@ -860,7 +639,7 @@ def limitations(ctx):
             Bullets([*selection_limitation(ctx["prog"]),
                      "One dataset of ten similar classes and one small backbone: larger ViTs and datasets further from "
                      "ImageNet may rank the methods differently.",
-                     f"The clean test split has {count(ctx['data'].get('test_images', ctx['df'].n.iloc[0]))} images, so its "
+                     f"The clean test split has {count(ctx['data'].get('test_images', ctx['r']['full']['n']))} images, so its "
                      "95 % intervals are about ±2 points wide; differences smaller than that are not resolved.",
                      "Training and timing are on a two-core CPU; speed ratios on a GPU differ. Training minutes are "
                      "the wall-clock time of single runs on a shared machine; the benchmark that interleaves the "
@@ -875,5 +654,56 @@ def conclusion(ctx):
     return [Heading("Conclusion"),
             Para(f"On ImageWoof with ViT-Tiny, LoRA ({pct(lora['test_top1'])} clean-test top-1) and full fine-tuning "
                  f"({pct(full['test_top1'])}) end {'close' if t is None or not t['significant'] else 'apart'}: {_verdict(t)}. "
-                 f"{seeds_sentence(lora, full)}{lora_size_sentence(lora, ctx)} The pipeline that produced these numbers reruns "
+                 f"{seeds_sentence(lora, full, ctx)}{lora_size_sentence(lora, ctx)} The pipeline that produced these numbers reruns "
                  "with one command, and every sentence above follows them.")]
+
+
+# ---------------------------------------------------------------- the README's results block
+
+README_START, README_END = "<!-- results: written by the paper stage from metrics/compare.json -->", "<!-- /results -->"
+
+
+def seeds_cell(s):
+    return f"{mean_std(s['test_top1'])} % ({s['n']} seeds)" if s["n"] > 1 else "-"
+
+
+def readme_block(results_path="metrics/compare.json"):
+    """The answer in one short table for README.md: each method's val-best run, its clean-test
+    top-1 with CI and seeds, and the paired test between LoRA and full fine-tuning."""
+    res = read_json(results_path)
+    prog = res.get("programme")
+    if not prog or not prog.get("best"):
+        return "No programme record yet: `make programme` runs it, `dvc repro paper` then fills this table.\n"
+    rows = ["| method | val-best run | val top-1 | clean-test top-1 [95 % CI] | over seeds | trainable |",
+            "|---|---|---:|---:|---:|---:|"]
+    for fam, b in prog["best"].items():
+        s = b["seeds"]
+        rows.append(f"| {label(fam)} | `{b['name']}` | {pct(b['val_top1'])} | "
+                    f"{pct_ci(b['test_top1'], b['test_top1_lo'], b['test_top1_hi'])} | "
+                    f"{seeds_cell(s)} | "
+                    f"{count(b['trainable_params'])} |")
+    zs = prog["zero_shot"]
+    rows.append(f"| zero-shot | `zero-shot` | {pct(zs['val_top1'])} | "
+                f"{pct_ci(zs['test_top1'], zs['test_top1_lo'], zs['test_top1_hi'])} | - | 0 |")
+    text = [f"{prog['runs']['ok']} runs of the programme (selection on val, numbers on the "
+            f"{count(res['data'].get('test_images', 0))} clean test images):", "", *rows, ""]
+    t = prog.get("lora_vs_full")
+    if t:
+        text.append(f"LoRA against full fine-tuning, paired on the same test images: {points(t['difference'])} points "
+                    f"[{points(t['difference_ci'][0])}, {points(t['difference_ci'][1])}], McNemar "
+                    f"{pvalue(t['p_value'])}: {'significant' if t['significant'] else 'not significant'} at 5 %.")
+    return "\n".join(text) + "\n"
+
+
+def write_readme(readme="README.md", results_path="metrics/compare.json"):
+    """Rewrite README.md's results block (between the markers) in place; a README without the
+    markers is left alone."""
+    path = Path(readme)
+    text = path.read_text() if path.exists() else ""
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"{head}{README_START}\n{readme_block(results_path)}{README_END}{tail}")
+    return True

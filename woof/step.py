@@ -15,7 +15,7 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from woof.evaluate import autocast
-from woof.models import set_trainable
+from woof.models import set_trainable, trainable_prefixes
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Method:
     """What trains. Without `lora`: full fine-tuning of `trainable` (["all"], or name prefixes:
     ["head"] is linear probing) with the embeddings and the first `freeze_blocks` blocks frozen
     (woof.models.set_trainable). With `lora` (apply_lora's targets, rank, alpha, dropout,
-    rslora): the adapters, plus `trainable` in full."""
+    rslora, dora): the adapters, plus `trainable` in full."""
     trainable: tuple[str, ...] = ("all",)
     freeze_blocks: int = 0
     lora: dict | None = None
@@ -34,7 +34,7 @@ class Method:
         if hasattr(recipe, "rank"):
             return cls(tuple(recipe.trainable), 0, {"targets": recipe.targets, "rank": recipe.rank,
                                                     "alpha": recipe.alpha, "dropout": recipe.dropout,
-                                                    "rslora": recipe.rslora})
+                                                    "rslora": recipe.rslora, "dora": recipe.dora})
         return cls(tuple(recipe.trainable), recipe.freeze_blocks)
 
     def prepare(self, model):
@@ -43,7 +43,7 @@ class Method:
             p.requires_grad_(True)
         if self.lora:
             from woof.lora import apply_lora  # only LoRA needs it: lora.py is no dependency of train_full
-            return apply_lora(model, **self.lora, trainable=self.trainable)
+            return apply_lora(model, **self.lora, trainable=trainable_prefixes(model, self.trainable))
         return set_trainable(model, self.trainable, self.freeze_blocks)
 
 
@@ -52,8 +52,17 @@ def make_optimizer(model, recipe, steps_per_epoch):
     itself exempts (timm's no_weight_decay(): position embedding, class token); then linear
     warmup and cosine decay to 0, stepped every batch. The schedule stays a LambdaLR: timm's
     CosineLRScheduler warms up from warmup_lr_init by another formula, and every recorded run
-    would change."""
-    opt = create_optimizer_v2(model, "adamw", lr=recipe.lr, weight_decay=recipe.weight_decay)
+    would change.
+
+    recipe.layer_decay (full fine-tuning; None: off): timm's layer-wise lr decay through the
+    model's group_matcher, the BEiT/MAE recipe: the head trains at lr, block k of D at
+    lr * decay^(D - k), the embeddings lowest."""
+    layer_decay = getattr(recipe, "layer_decay", None)
+    opt = create_optimizer_v2(model, "adamw", lr=recipe.lr, weight_decay=recipe.weight_decay,
+                              **({"layer_decay": layer_decay} if layer_decay else {}))
+    if layer_decay:  # timm leaves lr_scale to its own schedulers; LambdaLR scales each group's own lr
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr * group["lr_scale"]
     total = recipe.epochs * steps_per_epoch
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -20,7 +21,7 @@ import woof.step
 from woof.data import center_crop, normalize, random_resized_crop_flip, sha256_file
 from woof.errors import ParamError
 from woof.evaluate import classification_metrics, compiled, predict, resolve_precision
-from woof.io import atomic_path
+from woof.io import atomic_path, machine
 from woof.models import count_parameters, create_model, data_config, only_classifier_trains, pretrained_weights
 from woof.step import Method, make_optimizer
 
@@ -125,6 +126,10 @@ def fit(model, train, val, recipe, data_cfg, ckpt_dir=None, fingerprint="", devi
         raise ParamError(f"batch_size {batch} is larger than the {len(images)} training images")
     model.to(device)
     opt, sched = make_optimizer(model, recipe, steps)
+    # An exponential moving average of the weights (recipe.ema_decay; None: off): the EMA is what
+    # is evaluated every epoch and what the run returns, so it is what gets saved.
+    ema_decay = recipe.ema_decay
+    ema = ModelEmaV3(model, decay=ema_decay) if ema_decay else None
     g = torch.Generator().manual_seed(recipe.seed)
     history, start_epoch = [], 0
     ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir else None
@@ -135,6 +140,8 @@ def fit(model, train, val, recipe, data_cfg, ckpt_dir=None, fingerprint="", devi
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             g.set_state(state["generator"])
+            if ema is not None:
+                ema.module.load_state_dict(state["ema"])
             torch.set_rng_state(state["torch_rng"])
             history, start_epoch = json.loads(state["history"]), state["epoch"]
             if rank == 0:
@@ -160,14 +167,16 @@ def fit(model, train, val, recipe, data_cfg, ckpt_dir=None, fingerprint="", devi
             x = normalize(x, data_cfg["mean"], data_cfg["std"])  # (B, 3, size, size)
             y = labels[idx].to(device)
             loss, logits = woof.step.train_step(forward, x, y, loss_fn, opt, sched, precision)
+            if ema is not None:
+                ema.update(model, step=epoch * steps + step)
             totals[0] += loss.item() * len(y)
             totals[1] += (logits.argmax(1) == y).sum().item()
             totals[2] += len(y)
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
         train_seconds = time.perf_counter() - start
         loss_sum, correct, count = all_sum(totals, device)
-        val_metrics = evaluate_sharded(model, val, data_cfg, device, precision, eval_batch_size,
-                                       forward=forward if world == 1 else None)
+        val_metrics = evaluate_sharded(ema.module if ema else model, val, data_cfg, device, precision,
+                                       eval_batch_size, forward=forward if world == 1 and ema is None else None)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count,
                         "val_loss": val_metrics["loss"], "val_acc": val_metrics["top1"],
                         "epoch_seconds": train_seconds, "images_per_s": count / train_seconds,
@@ -176,9 +185,11 @@ def fit(model, train, val, recipe, data_cfg, ckpt_dir=None, fingerprint="", devi
             print(" ".join(f"{k}={v:.4g}" for k, v in history[-1].items()))
             log_epoch(live, history[-1])
             if ckpt:
-                save_checkpoint(ckpt, epoch + 1, model, opt, sched, g, history, fingerprint)
+                save_checkpoint(ckpt, epoch + 1, model, opt, sched, g, history, fingerprint, ema)
     if live:
         live.end()
+    if ema is not None:  # the run's result is the average
+        model.load_state_dict(ema.module.state_dict())
     return history
 
 
@@ -215,13 +226,13 @@ def evaluate_sharded(model, val, data_cfg, device, precision, batch_size=128, fo
     return {"loss": loss_sum / count, "top1": correct / count}
 
 
-def save_checkpoint(path, epoch, model, opt, sched, generator, history, fingerprint):
+def save_checkpoint(path, epoch, model, opt, sched, generator, history, fingerprint, ema=None):
     """Everything needed to continue bit-identically; plain tensors and strings only, so that it
     loads with weights_only=True."""
     state = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "generator": generator.get_state(),
              "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
-             "fingerprint": fingerprint}
+             "fingerprint": fingerprint, **({"ema": ema.module.state_dict()} if ema is not None else {})}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -282,18 +293,6 @@ def fingerprint(cfg, method, train_file=None, train_labels=None):
     if train_labels is not None:
         h.update(train_labels.numpy().tobytes())
     return h.hexdigest()
-
-
-def machine(device="cpu"):
-    """What the numbers were measured on, for metrics and reports: GPU name, or CPU model and cores."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "CPU"
-    return f"{model} ({os.cpu_count()} cores)"
 
 
 def peak_memory_mb(device):

@@ -1,0 +1,177 @@
+"""The programme's grid and its record (woof.record), and what the compare stage makes of a record
+(woof.compare's programme summary): selection on val, the reference runs at params.yaml's values,
+paired curves, and the committed record agreeing with its own per-image files. No training here."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+from woof import compare, paper, record
+from woof.io import write_json
+from woof.stats import accuracy_ci
+
+RUNS = [record.Run("zero-shot", "baseline", "zero_shot"),
+        record.Run("full-lr5e-05", "full-lr", "full", {"full.lr": 5e-5}),
+        record.Run("full-lr0.001", "full-lr", "full", {"full.lr": 1e-3}),
+        record.Run("lora-r8", "lora-rank", "lora", {"lora.rank": 8, "lora.alpha": 16, "lora.lr": 3e-4}),
+        record.Run("lora-r2", "lora-rank", "lora", {"lora.rank": 2, "lora.alpha": 4, "lora.lr": 3e-4}),
+        record.Run("fraction0.5-full", "fraction", "full", {"data.train_fraction": 0.5}),
+        record.Run("broken", "freeze", "full", {"full.freeze_blocks": 13})]
+
+
+def params_yaml():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_every_programme_run_overrides_real_params():
+    params = params_yaml()
+    for run in record.programme():
+        run.params(params)  # raises on a key params.yaml does not have
+    names = [r.name for r in record.programme()]
+    assert len(names) == len(set(names))
+    assert {r.block for r in record.programme()} | {"seeds"} == set(record.BLOCKS)
+    ranks = {r.overrides["lora.rank"]: r.overrides["lora.alpha"] for r in record.programme()
+             if r.block == "lora-rank"}
+    assert ranks == {r: 2 * r for r in (1, 2, 4, 8, 16, 32, 64)}  # the scale alpha/r stays 2
+    assert pd.Series(names).str.contains("seed").sum() == 0  # seeds come from the record
+    # Each family's blocks are blocks of the programme, and family() names their family.
+    for fam, blocks in record.FAMILIES.items():
+        assert set(blocks) <= set(record.BLOCKS) and {record.family(b) for b in blocks} == {fam}, fam
+    assert record.family("baseline") == "zero_shot"
+
+
+def test_reference_runs_follow_params_yaml():
+    """The runs at params.yaml's own configuration (what the record's curves start from) are found
+    from the params, not named in the code."""
+    params = params_yaml()
+    assert record.reference_runs(params) == {"full": "full-lr5e-05", "lora": "lora-r8", "scratch": "scratch"}
+    params["full"]["lr"] = 1e-4
+    params["train"]["precision"] = "bf16"  # the programme pins its own precision: no difference
+    assert record.reference_runs(params)["full"] == "full-lr0.0001"
+
+
+def test_selection_is_on_val_and_reports_test(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(record, "programme", lambda: list(RUNS))
+    rows = [dict(name="full-lr5e-05", block="full-lr", method="full", status="ok", val_top1=0.90, test_top1=0.95,
+                 trainable_params=100),
+            dict(name="full-lr0.001", block="full-lr", method="full", status="ok", val_top1=0.92, test_top1=0.80,
+                 trainable_params=100)]
+    for row in rows:
+        record.write_row({**row, "overrides": "{}"})
+    df = record.read_record()
+    assert record.select(df, ("full-lr",))["name"] == "full-lr0.001"  # val chooses, not test
+    assert record.select(df, ("lora-rank",)) is None  # its runs are not recorded yet
+    assert record.best(df, "full")["name"] == "full-lr0.001"  # the same rule, complete or not
+    assert record.best(df, "lora") is None
+
+
+def test_still_to_run_counts_the_seeds_of_unfinished_grids(monkeypatch):
+    monkeypatch.setattr(record, "programme", lambda: list(RUNS))
+    extra = sum(s != 0 for s in record.SEEDS)  # seeds per method
+
+    def rec(names):
+        return pd.DataFrame([dict(name=n, status="ok", val_top1=0.9, test_top1=0.9, trainable_params=1)
+                             for n in names], columns=["name", "status", "val_top1", "test_top1", "trainable_params"])
+
+    assert record.still_to_run(rec([])) == len(RUNS) + 2 * extra
+    # The full grid complete: its seeds are known runs, LoRA's still only a number.
+    partial = rec(["zero-shot", "full-lr5e-05", "full-lr0.001", "lora-r8"])
+    assert len(record.todo(partial)) == 3 + extra
+    assert record.still_to_run(partial) == 3 + 2 * extra
+    assert record.still_to_run(rec([r.name for r in RUNS])) == 2 * extra
+
+
+def test_accuracy_columns_come_from_the_per_image_strings():
+    row = record.accuracy_columns({"val": "1101", "test": "10"}, {"val": 1.0, "test": 0.5})
+    assert (row["val_top1"], row["val_n"], row["test_top1"], row["test_n"], row["test_top5"]) == (0.75, 4, 0.5, 2, 0.5)
+    assert (row["val_top1_lo"], row["val_top1_hi"]) == pytest.approx(accuracy_ci(np.array([1, 1, 0, 1], bool))[1:])
+
+
+def test_freezing_and_fractions_are_paired_against_their_reference(tmp_path, monkeypatch):
+    """The summary's freezing curve (0 = full fine-tuning at the freeze runs' lr, 12 = the val-best
+    probe) and fraction curves (100 % = the default configuration), each point paired with its
+    reference on the same images; the paper says where each sits."""
+    monkeypatch.chdir(tmp_path)
+    n = 40
+    right = {"zero-shot": 30, "full-lr5e-05": 36, "freeze-4": 34, "freeze-8": 20, "probe-lr0.0001": 31,
+             "probe-lr0.01": 28, "lora-r8": 35, "fraction0.1-full": 33, "fraction0.1-lora": 35,
+             "fraction0.1-scratch": 5, "scratch": 12}
+    blocks = {"zero-shot": "baseline", "full-lr5e-05": "full-lr", "lora-r8": "lora-rank", "scratch": "scratch",
+              "freeze-4": "freeze", "freeze-8": "freeze", "probe-lr0.0001": "probe", "probe-lr0.01": "probe"}
+    overrides = {"freeze-4": {"full.freeze_blocks": 4}, "freeze-8": {"full.freeze_blocks": 8},
+                 "lora-r8": {"lora.rank": 8, "lora.alpha": 16, "lora.lr": 3e-4},
+                 **{f"fraction0.1-{f}": {"data.train_fraction": 0.1} for f in ("full", "lora", "scratch")}}
+    for name, k in right.items():
+        correct = "1" * k + "0" * (n - k)  # the first k images right: every pair is nested
+        write_json(record.DETAILS / f"{name}.json",
+                   {"correct": {"test": correct, "val": correct}, "files_sha": {"test": "t", "val": "v"}})
+        record.write_row({"name": name, "block": blocks.get(name, "fraction"), "method": "full",
+                          "overrides": json.dumps(overrides.get(name, {})), "status": "ok",
+                          "val_top1": k / n + (0.01 if name == "probe-lr0.0001" else 0), "test_top1": k / n,
+                          "test_top1_lo": k / n - 0.05, "test_top1_hi": k / n + 0.05, "trainable_params": 10})
+    df, correct = record.load(record.RECORD, record.DETAILS)
+    s = compare.summarize(df, correct, params_yaml(), blocks=12)
+
+    freezing = {p["frozen_blocks"]: p for p in s["freezing"]}
+    assert {k: p["name"] for k, p in freezing.items()} == {0: "full-lr5e-05", 4: "freeze-4", 8: "freeze-8",
+                                                           12: "probe-lr0.0001"}  # the val-best probe
+    assert freezing[0]["vs_full"] is None
+    t = freezing[8]["vs_full"]["test"]
+    assert (t["a_only"], t["b_only"]) == (0, 16) and t["difference"] == pytest.approx(-16 / n)
+    assert t["significant"] and not freezing[4]["vs_full"]["test"]["significant"]  # 2 discordant images
+
+    assert [(r["rank"], r["name"]) for r in s["lora_ranks"]] == [(8, "lora-r8")]
+    fractions = {(p["family"], p["fraction"]): p for p in s["fractions"]}
+    assert set(fractions) == {(f, x) for f in ("full", "lora", "scratch") for x in (0.1, 1.0)}
+    assert fractions[("full", 1.0)]["name"] == "full-lr5e-05" and fractions[("full", 1.0)]["vs_all_images"] is None
+    assert fractions[("full", 0.1)]["vs_all_images"]["difference"] == pytest.approx(-3 / n)
+    assert fractions[("lora", 0.1)]["vs_all_images"]["difference"] == 0
+
+    s = json.loads(json.dumps(compare._clean(s)))  # as the paper reads it from compare.json
+    text = " ".join(b.text for b in paper.freezing_paragraph(s["freezing"]) + paper.fractions_paragraph(s["fractions"]))
+    assert "k = 8 50.0 % [45.0, 55.0], -40.0 points (95 % CI" in text and "the linear probe (`probe-lr0.0001`," in text
+    assert "full fine-tuning on 10 % of them moves by -7.5 points" in text
+    assert "from scratch 12.5 % (10 %), 30.0 % (100 %)" in text
+    assert "From scratch on every training image the ViT reaches 30.0 %, against 82.5 % for full" in text
+    assert paper.freezing_paragraph([]) == [] and paper.fractions_paragraph(s["fractions"][:0]) == []
+
+
+def test_the_paper_says_how_far_val_separates_the_ranks():
+    ranks = [{"rank": r, "name": f"lora-r{r}", "val_top1": v, "test_top1": t}
+             for r, v, t in ((1, 0.934, 0.888), (8, 0.936, 0.904), (32, 0.937, 0.910))]
+    spread = {s: max(r[f"{s}_top1"] for r in ranks) - min(r[f"{s}_top1"] for r in ranks) for s in ("val", "test")}
+    text, = paper.selection_limitation({"lora_ranks": ranks, "lora_rank_spread": spread})
+    assert "LoRA's 3 ranks span 0.3 points of val top-1 and 2.2 of test top-1" in text
+    assert paper.selection_limitation({"lora_ranks": ranks[:2]}) == [] and paper.selection_limitation(None) == []
+
+
+# ---------------------------------------------------------------- the committed record
+
+COMMITTED = ROOT / "metrics" / "experiments.csv"
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="no committed programme record")
+def test_committed_record_rows_match_their_per_image_files():
+    """Each row's accuracy columns are those of its metrics/experiments/<name>.json (one source),
+    and each successful run names the archive and the weights it learnt from."""
+    df = record.read_record(COMMITTED)
+    assert len(df) and set(df.status) <= {"ok", "failed"}
+    for row in df.to_dict("records"):
+        name = row["name"]
+        if row["status"] != "ok":
+            assert math.isnan(row["test_top1"]), f"{name}: a failed run with numbers"
+            continue
+        for key in ("archive_sha256", "weights_sha256"):
+            assert isinstance(row[key], str) and row[key], f"{name}: no {key}"
+        details = json.loads((COMMITTED.parent / "experiments" / f"{name}.json").read_text())
+        want = record.accuracy_columns(details["correct"], {s: row[f"{s}_top5"] for s in details["correct"]})
+        assert set(details["correct"]) == {"val", "test"}, name
+        for split in ("val", "test"):
+            assert row[f"{split}_n"] == want[f"{split}_n"], (name, split)
+            for col in (f"{split}_top1", f"{split}_top1_lo", f"{split}_top1_hi"):
+                assert row[col] == pytest.approx(want[col], abs=1e-9), (name, col)
