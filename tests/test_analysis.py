@@ -99,7 +99,8 @@ def test_cost_stage_on_resnet18(tmp_path):
     # runpy: the stage script as dvc runs it, without needing the repository root on sys.path
     runpy.run_path(str(ROOT / "stages" / "cost.py"))["main"](str(tmp_path / "params.yaml"), str(out))
     table = json.loads(out.read_text())
-    assert set(table) == {"full", "linear_probe", "lora", "frozen", "lenet5"}
+    assert set(table) == {"full", "linear_probe", "lora", "frozen", "lenet5", "blocks"}
+    assert table["blocks"] == 4  # resnet18's stages: the freezing curve's far end in the paper
     lenet = table["lenet5"]  # the worked example, the same whatever the model
     assert lenet["full"]["total_params"] == 44_426 and lenet["lora"]["trainable_params"] == 1_348
     full, probe, lora, frozen = (table[k] for k in ("full", "linear_probe", "lora", "frozen"))

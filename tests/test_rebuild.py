@@ -25,7 +25,7 @@ def test_paper_rebuilds_in_a_fresh_clone(tmp_path):
     committed = {name: (clone / name).read_bytes() for name in ("report.md", "report.pdf")}
     for name in ("report.md", "report.pdf"):
         (clone / name).unlink()
-    assert not (clone / "models").exists() and not (clone / ".dvc" / "cache").exists()
+    assert not (clone / "models" / "full").exists() and not (clone / ".dvc" / "cache").exists()  # nothing trained
     env = dict(os.environ, PATH=f"{DVC.parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
     run = subprocess.run([str(DVC), "repro", "--single-item", "paper"], cwd=clone, env=env,
                          capture_output=True, text=True, timeout=600)

@@ -206,3 +206,52 @@ def test_test_split_never_reaches_training(archive, random_weights, tmp_path, mo
     # ... and no test image's pixels (val and test are both the 32 px eval view).
     test_images, _ = load_split(prepared / "test.safetensors")  # (30, 3, 32, 32)
     assert not (seen["val"][0][:, None] == test_images[None]).flatten(2).all(-1).any()
+
+
+def test_layer_decay_gives_each_block_its_lr():
+    """full.layer_decay: the head at lr, block k of D at lr * decay^(D - k), the embeddings lowest
+    (timm's group_matcher), and a schedule that scales every group alike."""
+    cfg = config.parse(tiny_params(layer_decay=0.5, lr=1e-3))
+    model = build_model("full", cfg, CLASSES)
+    opt, sched = train.make_optimizer(model, cfg.full, steps_per_epoch=4)
+    lr_of = {n: g["lr"] for g in opt.param_groups for p in g["params"] for n, q in model.named_parameters() if p is q}
+    depth = len(model.blocks)
+    assert lr_of["head.weight"] == pytest.approx(1e-3)
+    for k in range(depth):
+        assert lr_of[f"blocks.{k}.attn.qkv.weight"] == pytest.approx(1e-3 * 0.5 ** (depth - k))
+    assert lr_of["patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.5 ** (depth + 1)) == min(lr_of.values())
+    sched.step()  # warmup: every group moves by the same factor
+    ratios = {g["lr"] / g["initial_lr"] for g in opt.param_groups}
+    assert len({round(r, 12) for r in ratios}) == 1
+    # Off (null): one lr for every parameter, the optimiser of every recorded run.
+    plain, _ = train.make_optimizer(build_model("full", config.parse(tiny_params(lr=1e-3)), CLASSES), cfg.full, 4)
+    assert {g["lr"] for g in plain.param_groups} == {1e-3}
+
+
+def test_ema_is_what_evaluation_sees_and_resume_restores_it(data, tmp_path, monkeypatch):
+    model, history = run(tiny_params(ema_decay=0.5), data)
+    plain, plain_history = run(tiny_params(), data)
+    # Same training steps (the EMA draws no randomness), other weights and other val numbers.
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in plain_history]
+    assert [h["val_loss"] for h in history] != [h["val_loss"] for h in plain_history]
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+    # The returned (saved) model is the EMA: its val loss is the last epoch's.
+    cfg = config.parse(tiny_params(ema_decay=0.5))
+    val = train.evaluate_sharded(model, data[1], data_config(model, 32), "cpu", "fp32")
+    assert val["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-6)
+    # Killed after epoch 1 and resumed: the EMA comes back from the checkpoint.
+    save = train.save_checkpoint
+
+    def save_then_crash(path, epoch, *args):
+        save(path, epoch, *args)
+        if epoch == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_params(ema_decay=0.5), data, ckpt_dir=tmp_path, fingerprint="ema")
+    monkeypatch.undo()
+    assert "ema" in torch.load(tmp_path / "last.pt", weights_only=True)
+    resumed_model, resumed = run(tiny_params(ema_decay=0.5), data, ckpt_dir=tmp_path, fingerprint="ema")
+    assert metrics_only(resumed) == metrics_only(history)
+    assert all(torch.equal(a, b) for a, b in zip(resumed_model.state_dict().values(), model.state_dict().values()))
+    assert cfg.full.ema_decay == 0.5
