@@ -12,7 +12,7 @@ import torch
 from woof import analysis, config
 from woof.errors import capped, run_stage, warn
 from woof.io import write_json
-from woof.models import check_image_size, check_method, create_model, num_blocks
+from woof.models import check_image_size, check_method, create_model, fused_form, num_blocks
 from woof.step import Method
 
 
@@ -20,11 +20,12 @@ def main(params_path="params.yaml", out="metrics/cost.json"):
     cfg = config.load(params_path)
     name, image_size = cfg.model.name, cfg.data.image_size
     check_image_size(name, image_size)
-    check_method(name, Method.of(cfg.lora), "lora")  # the LoRA row: its params as train_lora would check them
+    fused = fused_form(cfg.model)  # the form the pipeline trains (MobileOne: fused convolutions)
+    check_method(name, Method.of(cfg.lora), "lora", fused)  # the LoRA row: its params as train_lora would check them
     torch.manual_seed(0)
 
     def factory():
-        return create_model(name, num_classes=10, img_size=image_size, pretrained=False)
+        return create_model(name, num_classes=10, img_size=image_size, pretrained=False, fused=fused)
 
     blocks = num_blocks(factory())
     if cfg.cost.freeze_blocks and not blocks:

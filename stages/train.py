@@ -25,10 +25,10 @@ def main(method):
     cfg = config.load()  # data.image_size was checked against the model by preprocess
     recipe = cfg.method(method)
     # Every param and input is checked before the model is built and the first step runs.
-    probe = only_classifier_trains(check_method(cfg.model.name, Method.of(recipe), method))
     weights = pretrained_weights(cfg.model)  # which bytes the run starts from
-    if weights and getattr(recipe, "pretrained", True):
-        check_weights_file(weights, cfg.model.name)
+    pretrained = getattr(recipe, "pretrained", True)
+    fused = bool(weights) and pretrained and check_weights_file(weights, cfg.model.name)
+    probe = only_classifier_trains(check_method(cfg.model.name, Method.of(recipe), method, fused))
     rank, world, device = init_distributed(cfg.train.device)
     classes = load_classes("data/prepared/classes.json")
     train, val = load_split(TRAIN), load_split("data/prepared/val.safetensors")  # never test
@@ -47,7 +47,8 @@ def main(method):
         metrics["pretrained_weights_sha256"] = sha256_file(weights) if weights else "timm hub default"
         model = model.cpu()
         saved = {"model": cfg.model.name, "num_classes": len(classes), "image_size": cfg.data.image_size,
-                 "method": method, "classes": [c["wnid"] for c in classes], "params": asdict(cfg.method(method))}
+                 "method": method, "classes": [c["wnid"] for c in classes], "params": asdict(cfg.method(method)),
+                 **({"fused": True} if fused else {})}  # the fused form's keys (MobileOne) load into it only
         if method == "lora":
             from woof import lora  # not imported on the full path: lora.py is no dep of train_full
             lora.save_lora(model, out / "adapter.safetensors")

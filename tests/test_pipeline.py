@@ -114,10 +114,11 @@ def test_dvc_repro_end_to_end(archive, random_weights, tmp_path):
 
 
 @needs_shared
-def test_dvc_repro_on_real_mini_imagewoof(tmp_path):
+def test_dvc_repro_on_real_mini_imagewoof_vit_then_cnn(tmp_path):
+    # Eager: the compiled default path runs end to end in test_dvc_repro_end_to_end.
     repo = make_repo(tmp_path, **tiny(fetch__url=str(SHARED / "data/imagewoof2-mini.tgz"),
                                       model__weights=str(SHARED / "weights/vit_tiny_patch16_224.safetensors"),
-                                      data__image_size=112))
+                                      data__image_size=112, train__compile=False))
     sh("dvc repro", repo)
     data = json.loads((repo / "metrics/data.json").read_text())
     # The mini set has 4 + 3 ILSVRC2012_val_* files per class in train and val: 70 go to test.
@@ -129,6 +130,21 @@ def test_dvc_repro_on_real_mini_imagewoof(tmp_path):
         for split in ("val", "test"):
             assert results[method][split]["top1"] > 0.5, (method, split, results[method])
     assert (repo / "report.md").read_text().count("LoRA") > 1
+    # The CNN backbone through the same pipeline: MobileOne-S0's fused weights, LoRA on its 1x1
+    # convolutions, no attention maps (one line, no failure); fetch and its archive are reused.
+    from woof.record import CNN_POINTWISE
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["name"], params["model"]["weights"] = "mobileone_s0", str(SHARED / "weights/mobileone_s0.safetensors")
+    params["data"]["image_size"], params["lora"]["targets"] = 96, CNN_POINTWISE
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = sh("dvc repro", repo)
+    assert "fetch" not in ran(log) and {"preprocess", "train_full", "train_lora", "evaluate"} <= ran(log)
+    assert "visualize_attention skipped: mobileone_s0" in log
+    results = json.loads((repo / "metrics/evaluate.json").read_text())
+    for method in ("zero_shot", "full", "lora"):
+        assert results[method]["test"]["top1"] > 0.5, (method, results[method])
+    cost = json.loads((repo / "metrics/cost.json").read_text())
+    assert cost["blocks"] == 4 and 0 < cost["lora"]["trainable_params"] < cost["full"]["trainable_params"]
 
 
 def test_load_models_names_the_missing_folder(tmp_path, monkeypatch):

@@ -50,7 +50,8 @@ def check_weights_file(path, name):
     if found >= 0.9 * total:
         return False
     with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the fused kernels on meta too
-        fused = _reparameterized(_architecture(name))
+        plain = _architecture(name)
+        fused = _reparameterized(plain) if _fusable(plain) else None
     if fused is not None and matching(fused) == (len(shapes), len(shapes)):
         return True  # every tensor of the inference-time form of a reparameterizable model (MobileOne)
     raise InputError(f"model.weights {path} holds another architecture than model.name={name}: "
@@ -58,13 +59,15 @@ def check_weights_file(path, name):
                      "(set model.weights to a file of this model, or model.name to the file's model)")
 
 
+def _fusable(model):
+    return any(hasattr(m, "reparameterize") for m in model.modules())
+
+
 def _reparameterized(model):
-    """A reparameterizable model's inference-time form (each block fused into one convolution),
-    or None for a model without such blocks."""
+    """A reparameterizable model's inference-time form, in place (each block fused into one
+    convolution); any other model as it is."""
     from timm.utils.model import reparameterize_model
-    if not any(hasattr(m, "reparameterize") for m in model.modules()):
-        return None
-    return reparameterize_model(model, inplace=True)
+    return reparameterize_model(model, inplace=True) if _fusable(model) else model
 
 
 def check_model_name(name):
@@ -77,24 +80,34 @@ def check_model_name(name):
                      "(python -c 'import timm; print(timm.list_models())' lists them all)")
 
 
-def _architecture(name):
+def fused_form(model_cfg):
+    """Whether the pretrained weights the pipeline starts from are a reparameterizable model's
+    fused inference-time form (MobileOne's release): then every stage builds that form, whose
+    module names (and LoRA targets) are the fused ones."""
+    weights = pretrained_weights(model_cfg)
+    return bool(weights) and check_weights_file(weights, model_cfg.name)
+
+
+def _architecture(name, fused=False):
     """`name`'s modules and parameter names, built on the meta device: no memory, no time, and no
     draw from the global RNG, so what a check builds never changes a run's random initialisation
     (LoRA's A matrices would otherwise depend on whether a weights file was checked)."""
     check_model_name(name)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         try:
-            return timm.create_model(name, pretrained=False)
+            model = timm.create_model(name, pretrained=False)
+            return _reparameterized(model) if fused else model
         except RuntimeError as e:  # a tag timm does not have: vit_tiny_patch16_224.bogus
             raise ParamError(f"model.name={name!r}: {e}") from None
 
 
-def check_method(name, method, section):
+def check_method(name, method, section, fused=False):
     """What a params section's method asks of the model (trainable names, freeze_blocks, LoRA
     targets and rank), tried on `name`'s meta architecture: a ParamError naming `section`'s param
     before data is read or weights are loaded. method: a woof.step.Method (woof.step imports this
-    module). -> the prepared meta model (what trains is its requires_grad)."""
-    model = _architecture(name)
+    module). fused: check the model's fused form (`fused_form`). -> the prepared meta model (what
+    trains is its requires_grad)."""
+    model = _architecture(name, fused)
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             model = method.prepare(model)
@@ -125,7 +138,7 @@ def check_image_size(name, image_size):
 
 
 def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=True,
-                 class_indices=None):
+                 class_indices=None, fused=False):
     """A timm model with a `num_classes` head.
 
     weights: a local safetensors/pth file with the pretrained state dict (air-gapped machines);
@@ -135,9 +148,9 @@ def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=T
     baseline and fine-tuning starts from it instead of from a random head.
     """
     check_model_name(name)
-    kwargs, fused = {}, False
+    kwargs = {}
     if pretrained and weights:
-        fused = check_weights_file(weights, name)
+        fused = check_weights_file(weights, name)  # the file decides the form
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights), custom_load=False)
     from_imagenet_head = pretrained and class_indices is not None
     if from_imagenet_head:
@@ -153,7 +166,11 @@ def create_model(name, num_classes=10, img_size=None, weights=None, pretrained=T
     if pretrained and not weights and not _hub_weights_available(name):  # instead of minutes of retries
         raise InputError(f"the Hugging Face hub is unreachable and {name}'s weights are not in its local cache: {offline}")
     try:
-        model = _fused_model(name, weights, size, kwargs) if fused else _timm_model(name, pretrained, size, kwargs)
+        if fused and pretrained and weights:
+            model = _fused_model(name, weights, size, kwargs)
+        else:
+            model = _timm_model(name, pretrained, size, kwargs)
+            model = _reparameterized(model) if fused else model
     except (OSError, ConnectionError, TimeoutError) as e:  # huggingface_hub's errors are OSErrors
         if weights or not pretrained:
             raise
@@ -335,7 +352,7 @@ def load_model(model_dir, filename="model.safetensors", device="cpu"):
     with reading(model_dir / filename, f"train {model_dir} again (dvc repro)"):
         state = load_file(str(model_dir / filename), device="cpu")
         model = create_model(config["model"], num_classes=config["num_classes"],
-                             img_size=config.get("image_size"), pretrained=False)
+                             img_size=config.get("image_size"), pretrained=False, fused=config.get("fused", False))
         model.load_state_dict(state, strict=True)  # a missing or misshapen tensor: another model's file
     return model.to(device).eval(), config
 
