@@ -11,7 +11,7 @@ import torch.distributed as dist
 from woof import config
 from woof.data import check_splits, load_classes, load_split, sha256_file
 from woof.errors import ParamError, capped, run_stage
-from woof.io import write_csv, write_json
+from woof.io import write_json
 from woof.models import check_method, check_weights_file, only_classifier_trains, pretrained_weights, save_model
 from woof.step import Method
 from woof.train import init_distributed, train_method
@@ -57,7 +57,6 @@ def main(method):
         save_model(model, out, saved)
         metrics["model_mb"] = (out / "model.safetensors").stat().st_size / 2**20
         write_json(f"metrics/train_{method}.json", metrics)
-        write_csv(f"plots/train_{method}.csv", history)
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is complete: nothing to resume
         if ckpt_dir.parent.is_dir() and not any(ckpt_dir.parent.iterdir()):
             ckpt_dir.parent.rmdir()

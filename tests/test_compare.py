@@ -63,10 +63,13 @@ def fabricate(root, full_top1=0.95, lora_top1=0.90, n=1000, extra_disagree=0):
     (m / "train_lora.json").write_text(json.dumps(lora))
     (m / "data.json").write_text(json.dumps(dict(split="clean_test", train_images=3000, val_images=n, test_images=n,
                                                  skipped_images=1, num_classes=3)))
-    for method, top1 in (("full", full_top1), ("lora", lora_top1)):
-        pd.DataFrame(dict(epoch=[1, 2], train_loss=[1.0, 0.5], train_acc=[0.7, 0.9], val_loss=[0.6, 0.3],
-                          val_acc=[0.8, top1], epoch_seconds=[600.0, 600.0], lr=[1e-4, 1e-5])
-                     ).to_csv(p / f"train_{method}.csv", index=False)
+    for method, top1 in (("full", full_top1), ("lora", lora_top1)):  # dvclive's per-epoch curves
+        curves = dict(train_loss=[1.0, 0.5], train_acc=[0.7, 0.9], val_loss=[0.6, 0.3], val_acc=[0.8, top1],
+                      lr=[1e-4, 1e-5], images_per_s=[50.0, 50.0])
+        live = root / "dvclive" / f"train_{method}" / "plots" / "metrics"
+        live.mkdir(parents=True, exist_ok=True)
+        for key, values in curves.items():
+            pd.DataFrame({"step": [0, 1], key: values}).to_csv(live / f"{key}.tsv", sep="\t", index=False)
     pd.DataFrame([dict(split=split, **{"class": c}, method=meth, accuracy=0.8 + 0.05 * i)
                   for split in ("val", "test") for meth in ("zero_shot", "full", "lora") for i, c in enumerate(CLASSES)]
                  ).to_csv(p / "per_class.csv", index=False)
@@ -209,12 +212,15 @@ def test_cost_columns_when_present(tmp_path):
 
 
 @pytest.mark.parametrize("missing", ["metrics/evaluate.json", "metrics/train_full.json",
-                                     "metrics/train_lora.json", "plots/train_lora.csv", "plots/per_class.csv"])
-def test_missing_input_names_the_file(tmp_path, monkeypatch, missing):
+                                     "metrics/train_lora.json", "dvclive/train_lora/plots/metrics/val_acc.tsv",
+                                     "plots/per_class.csv"])
+def test_missing_input_names_the_file(tmp_path, monkeypatch, capsys, missing):
     fabricate(tmp_path)
     (tmp_path / missing).unlink()
-    with pytest.raises(FileNotFoundError, match=Path(missing).name):
+    with pytest.raises(SystemExit) as ended:  # one line naming the file, no traceback
         run_stage(tmp_path, monkeypatch)
+    err = capsys.readouterr().err
+    assert ended.value.code == 1 and err.startswith("error: ") and Path(missing).name in err and "Traceback" not in err
     assert not (tmp_path / "metrics" / "compare.json").exists()
 
 

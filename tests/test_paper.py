@@ -30,7 +30,7 @@ def pipeline_outputs(root, **kw):
     fabricate(root, **kw)
     (root / "metrics" / "attention.json").write_text(json.dumps(dict(ATTENTION, split="test")))
     run_compare(root)
-    figures.pipeline_figures(compare.collect(root / "metrics"), root / "plots", root / "plots")
+    figures.pipeline_figures(compare.collect(root / "metrics"), root / "plots", root / "plots", root / "dvclive")
     for name in ("attention_cls", "attention_rollout"):  # stand-ins for visualize_attention's figures
         shutil.copy(root / "plots" / "compare_params.png", root / "plots" / f"{name}.png")
     return yaml.safe_load((root / "params.yaml").read_text())

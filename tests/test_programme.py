@@ -118,7 +118,9 @@ def test_adopt_records_the_pipeline_runs(project, monkeypatch):
         write_json(project / f"metrics/train_{method}.json",
                    {"train_minutes": 3.0, "train_images_per_s": 50.0, "trainable_params": 10, "total_params": 100,
                     "peak_memory_mb": 999.0, "precision": "fp32", "hardware": "test CPU", "epochs": 1})
-        pd.DataFrame({"epoch": [1], "val_acc": [top1]}).to_csv(_mkdir(project / "plots") / f"train_{method}.csv", index=False)
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):  # dvclive's curves
+            pd.DataFrame({"step": [0], key: [top1]}).to_csv(
+                _mkdir(project / f"dvclive/train_{method}/plots/metrics") / f"{key}.tsv", sep="\t", index=False)
     write_json(project / "metrics/evaluate.json", ev)
     programme.adopt()
     rec = record.read_record().set_index("name")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from woof import compare, paper, record
+from woof import compare, paper, prose, record
 from woof.io import write_json
 from woof.stats import accuracy_ci
 
@@ -145,9 +145,9 @@ def test_the_paper_says_how_far_val_separates_the_ranks():
     ranks = [{"rank": r, "name": f"lora-r{r}", "val_top1": v, "test_top1": t}
              for r, v, t in ((1, 0.934, 0.888), (8, 0.936, 0.904), (32, 0.937, 0.910))]
     spread = {s: max(r[f"{s}_top1"] for r in ranks) - min(r[f"{s}_top1"] for r in ranks) for s in ("val", "test")}
-    text, = paper.selection_limitation({"lora_ranks": ranks, "lora_rank_spread": spread})
+    text, = prose.selection_limitation({"lora_ranks": ranks, "lora_rank_spread": spread})
     assert "LoRA's 3 ranks span 0.3 points of val top-1 and 2.2 of test top-1" in text
-    assert paper.selection_limitation({"lora_ranks": ranks[:2]}) == [] and paper.selection_limitation(None) == []
+    assert prose.selection_limitation({"lora_ranks": ranks[:2]}) == [] and prose.selection_limitation(None) == []
 
 
 # ---------------------------------------------------------------- the committed record

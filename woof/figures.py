@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from woof.io import atomic_path, pyplot, save_png
+from woof.errors import reading
+from woof.io import atomic_path, pyplot, read_live, save_png
 
 plt = pyplot()  # Agg before seaborn or pyplot draws anything
 import seaborn as sns  # noqa: E402
@@ -68,8 +69,9 @@ def plot_params(df, path):
     save_png(fig, path)
 
 
-def load_curves(plots_dir="plots"):
-    return pd.concat([pd.read_csv(Path(plots_dir) / f"train_{m}.csv").assign(method=label(m, True))
+def load_curves(live_root="dvclive"):
+    """Both trainings' per-epoch curves, from dvclive (their one writer)."""
+    return pd.concat([read_live(Path(live_root) / f"train_{m}").assign(method=label(m, True))
                       for m in ("full", "lora")], ignore_index=True)
 
 
@@ -238,13 +240,15 @@ def _ok(df, blocks=None):
     return d if blocks is None else d[d.block.isin(blocks)]
 
 
-def pipeline_figures(df, plots_dir="plots", out_dir="plots"):
+def pipeline_figures(df, plots_dir="plots", out_dir="plots", live_root="dvclive"):
     """The four compare_*.png figures; return their paths by kind."""
     out = {k: Path(out_dir) / f"compare_{k}.png" for k in ("accuracy", "params", "curves", "per_class")}
     plot_accuracy(df, out["accuracy"])
     plot_params(df, out["params"])
-    plot_curves(load_curves(plots_dir), out["curves"])
-    plot_per_class(pd.read_csv(Path(plots_dir) / "per_class.csv"), out["per_class"], df.split.iloc[0])
+    plot_curves(load_curves(live_root), out["curves"])
+    with reading(Path(plots_dir) / "per_class.csv", "run the evaluate stage (dvc repro evaluate)"):
+        per_class = pd.read_csv(Path(plots_dir) / "per_class.csv")
+    plot_per_class(per_class, out["per_class"], df.split.iloc[0])
     return out
 
 

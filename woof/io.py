@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from woof.errors import InputError, reading
+
 
 @contextlib.contextmanager
 def atomic_path(path, is_dir=False):
@@ -44,7 +46,7 @@ def write_json(path, obj):
 def read_json(path):
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the stage that writes it first (dvc repro)")
+        raise InputError(f"{path} not found: run the stage that writes it first (dvc repro)")
     return json.loads(path.read_text())
 
 
@@ -71,6 +73,19 @@ def save_png(fig, path, dpi=120):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     pyplot().close(fig)
+
+
+def read_live(live_dir, keys=("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")):
+    """A training's per-epoch curves as dvclive wrote them (<live_dir>/plots/metrics/<key>.tsv, one
+    row per step = epoch - 1) -> a DataFrame with an `epoch` column and one column per key."""
+    import pandas as pd
+    metrics = Path(live_dir) / "plots" / "metrics"
+    curves = []
+    for k in keys:
+        with reading(metrics / f"{k}.tsv", "run the training stage that logs there (dvc repro)"):
+            curves.append(pd.read_csv(metrics / f"{k}.tsv", sep="\t").set_index("step")[k])
+    df = pd.concat(curves, axis=1).reset_index(drop=False)
+    return df.assign(epoch=df.pop("step") + 1)[["epoch", *keys]]
 
 
 def load_params(path="params.yaml"):

@@ -36,7 +36,7 @@ from woof import config, lora
 from woof.data import load_classes, load_eval_splits, load_split, preprocess, sha256_file, stratified_subset
 from woof.errors import InputError, ParamError, UserError
 from woof.evaluate import evaluate_models, resolve_precision
-from woof.io import load_params, machine, read_json, write_json
+from woof.io import load_params, machine, read_json, read_live, write_json
 from woof.models import create_model, data_config, pretrained_weights, zero_shot_model
 from woof.record import (BLOCKS, DETAILS, RECORD, SEEDS, Run, accuracy_columns, base_params, programme,
                          read_record, seed_runs, still_to_run, todo, write_row)
@@ -216,7 +216,7 @@ def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS
                            check=False)
 
 
-def adopt(metrics_dir="metrics", plots_dir="plots"):
+def adopt(metrics_dir="metrics", plots_dir="plots", live_root="dvclive"):
     """Record the pipeline's own trainings (train_full, train_lora at params.yaml's values) as the
     programme runs with the same configuration, instead of training them again: full-lr5e-05 and
     lora-r8 under fp32 eager, fast-full and fast-lora under the throughput defaults. Their
@@ -232,7 +232,7 @@ def adopt(metrics_dir="metrics", plots_dir="plots"):
             continue
         run, name = same[0], same[0].name
         train = read_json(Path(metrics_dir) / f"train_{method}.json")
-        history = pd.read_csv(Path(plots_dir) / f"train_{method}.csv").to_dict("records")
+        history = read_live(Path(live_root) / f"train_{method}").to_dict("records")
         row = {"name": name, "block": run.block, "method": method,
                "overrides": json.dumps(run.overrides, sort_keys=True), "status": "ok", "error": "",
                "train_images": read_json(Path(metrics_dir) / "data.json")["train_images"],
