@@ -17,7 +17,7 @@ from scipy.stats import ttest_ind_from_stats
 
 from woof.io import read_json
 from woof.labels import LABELS, count, mean_std
-from woof.record import FAMILIES, best, family, reference_runs, still_to_run
+from woof.record import FAMILIES, best, cnn_kind, family, programme, reference_runs, still_to_run, val_best
 from woof.stats import ALPHA, compare_paired, mcnemar
 
 NAN = float("nan")
@@ -226,6 +226,27 @@ def throughput_defaults(df, correct, refs):
     return out
 
 
+def cnn_summary(df, correct):
+    """The CNN backbone's answer: the val-best run of each of its methods (selection on val), each
+    against its own zero-shot head and LoRA against full, paired on the same clean test images as
+    the ViT's (the files are the same: preprocessing differs, the images do not)."""
+    runs = {r.name: r for r in programme() if r.block == "cnn"}
+    ok = df[df.name.isin(list(runs)) & (df.status == "ok")]
+    zs = "cnn-zero-shot"
+    if zs not in set(ok.name):
+        return None
+    kinds = [cnn_kind(runs[n]) for n in ok.name]
+    out = {"zero_shot": {"name": zs, **numbers(ok[ok.name == zs].iloc[0].to_dict())}, "best": {},
+           "runs": {"ok": len(ok), "missing": len(runs) - len(ok)}}
+    for kind in ("full", "lora", "probe"):
+        b = val_best(ok[[k == kind for k in kinds]])
+        if b is not None:
+            out["best"][kind] = {"name": b["name"], **numbers(b), "vs_zero_shot": paired(correct, b["name"], zs)}
+    full, lora = out["best"].get("full"), out["best"].get("lora")
+    out["lora_vs_full"] = paired(correct, lora["name"], full["name"]) if full and lora else None
+    return out
+
+
 def numbers(row):
     keys = ("val_top1", "val_top1_lo", "val_top1_hi", "test_top1", "test_top1_lo", "test_top1_hi",
             "test_top5", "train_minutes", "train_images_per_s", "trainable_params", "peak_memory_mb")
@@ -257,6 +278,7 @@ def summarize(df, correct, params, blocks):
     out["lora_rank_spread"] = {s: float(ranks[f"{s}_top1"].max() - ranks[f"{s}_top1"].min()) if len(ranks) else None
                                for s in ("val", "test")}
     out["throughput_defaults"] = throughput_defaults(df, correct, refs)
+    out["cnn"] = cnn_summary(df, correct)
     run = df.set_index("name")
     out["blocks"] = blocks
     out["freezing"] = [{"frozen_blocks": k, "name": n, **numbers(run.loc[n]),

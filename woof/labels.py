@@ -6,7 +6,7 @@ import math
 # Pipeline methods (zero_shot, full, lora) and the programme's families (woof.record.FAMILIES).
 LABELS = {"zero_shot": "zero-shot", "full": "full fine-tuning", "lora": "LoRA", "probe": "linear probe",
           "linear_probe": "linear probe", "freeze": "frozen first k blocks", "frozen": "frozen-k",
-          "scratch": "from scratch"}
+          "scratch": "from scratch", "llrd": "full fine-tuning with layer decay", "dora": "DoRA"}
 SPLIT_NAMES = {"test": "clean test", "val": "validation"}
 
 

@@ -133,6 +133,11 @@ def reference_runs(params):
     return by_params
 
 
+def cnn_kind(run):
+    """What a CNN-block run is: zero_shot, probe (only the head trains), full or lora."""
+    return "probe" if run.overrides.get("full.trainable") == ["head"] else run.method
+
+
 def extra_seeds(seeds):
     """The seeds a configuration is rerun at: seed 0 is its grid run."""
     return [s for s in seeds if s != 0]
