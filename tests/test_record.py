@@ -175,3 +175,28 @@ def test_committed_record_rows_match_their_per_image_files():
             assert row[f"{split}_n"] == want[f"{split}_n"], (name, split)
             for col in (f"{split}_top1", f"{split}_top1_lo", f"{split}_top1_hi"):
                 assert row[col] == pytest.approx(want[col], abs=1e-9), (name, col)
+
+
+def test_the_cnn_backbone_is_selected_on_val_and_paired_on_test():
+    """The CNN block: the val-best run of each of its methods, against its own zero-shot head and
+    LoRA against full, on the same test images; the paper says whether the ViT's verdict holds."""
+    n = 200
+    def bits(k):  # the first k images right
+        return (np.arange(n) < k, "files")
+    names = {"cnn-zero-shot": (180, 150), "cnn-full-lr0.0001": (170, 160), "cnn-full-lr0.001": (190, 140),
+             "cnn-lora-r4": (175, 170), "cnn-probe-lr0.001": (160, 150)}  # val right, test right
+    df = pd.DataFrame([dict(name=k, block="cnn", method="zero_shot" if "zero" in k else "lora" if "lora" in k else "full",
+                            status="ok", val_top1=v / n, test_top1=t / n, val_top1_lo=0.0, val_top1_hi=1.0,
+                            test_top1_lo=0.0, test_top1_hi=1.0, trainable_params=1.0) for k, (v, t) in names.items()])
+    correct = {k: {"val": bits(v), "test": bits(t)} for k, (v, t) in names.items()}
+    s = compare.cnn_summary(df, correct)
+    assert s["best"]["full"]["name"] == "cnn-full-lr0.001"  # the better val, although its test is worse
+    assert s["best"]["probe"]["name"] == "cnn-probe-lr0.001" and s["runs"]["missing"] == 3
+    assert s["best"]["lora"]["vs_zero_shot"]["difference"] == pytest.approx((170 - 150) / n)
+    t = s["lora_vs_full"]
+    assert (t["a_only"], t["b_only"]) == (30, 0) and t["significant"]
+    s = json.loads(json.dumps(compare._clean(s)))
+    text = paper.cnn_paragraph(s, {"significant": False, "difference": 0.006})[0].text
+    assert "MobileOne-S0" in text and "`cnn-full-lr0.001`" in text and "the verdict differs from the ViT's" in text
+    assert "holds" in paper.cnn_paragraph(s, {"significant": True, "difference": 0.01})[0].text
+    assert compare.cnn_summary(df[df.name != "cnn-zero-shot"], correct) is None

@@ -206,6 +206,7 @@ def programme_results(ctx):
     blocks += freezing_paragraph(prog.get("freezing") or [])
     blocks += fractions_paragraph(prog.get("fractions") or [])
     blocks += throughput_paragraph(prog.get("throughput_defaults") or {})
+    blocks += cnn_paragraph(prog.get("cnn"), prog.get("lora_vs_full"))
     figs = {"frontier": "Clean-test top-1 (95 % CI) against trainable parameters for every run on the full training set.",
             "rank_lr": "Left: LoRA validation (solid) and test (dashed) top-1 against rank at alpha = 2r, one line per "
                        "learning rate. Right: full fine-tuning against learning rate.",
@@ -289,6 +290,30 @@ def throughput_paragraph(fast):
     return [Para(f"**Precision and compilation.** The pipeline's defaults train compiled in {precision} "
                  f"(`train.precision: auto`, `train.compile: true`); the programme's runs stay in fp32 eager. "
                  f"Against the same configuration in fp32 eager, " + "; ".join(parts) + ".")]
+
+
+def cnn_paragraph(cnn, vit_lora_vs_full):
+    """The second backbone: MobileOne-S0's val-best run of each method, against its own zero-shot
+    head and LoRA against full, and whether the ViT's verdict holds on it."""
+    if not cnn or not cnn["best"]:
+        return []
+    zs = cnn["zero_shot"]
+    text = [f"**A CNN backbone.** MobileOne-S0 (fused, 224 px; LoRA on its 1x1 convolutions) starts at "
+            f"{pct_ci(zs['test_top1'], zs['test_top1_lo'], zs['test_top1_hi'])} zero-shot on the clean test split "
+            f"(val {pct(zs['val_top1'], 2)})"
+            + (f"; {cnn['runs']['ok']} of its runs are recorded, {cnn['runs']['missing']} still to run." if cnn["runs"]["missing"]
+               else ".")]
+    for kind, b in cnn["best"].items():
+        text.append(f"Its val-best {label(kind)} (`{b['name']}`, val {pct(b['val_top1'], 2)}) reaches "
+                    f"{pct_ci(b['test_top1'], b['test_top1_lo'], b['test_top1_hi'])}, "
+                    f"{_difference(b['vs_zero_shot'])} against its zero-shot head.")
+    t = cnn.get("lora_vs_full")
+    if t:
+        same = vit_lora_vs_full is not None and t["significant"] == vit_lora_vs_full["significant"] and \
+            (not t["significant"] or (t["difference"] > 0) == (vit_lora_vs_full["difference"] > 0))
+        text.append(f"LoRA against full fine-tuning on the CNN: {_difference(t)}; "
+                    + ("the ViT's verdict holds on this backbone." if same else "the verdict differs from the ViT's."))
+    return [Para(" ".join(text))]
 
 
 def _paired_sentence(t):
@@ -503,6 +528,12 @@ def readme_block(results_path="metrics/compare.json"):
     zs = prog["zero_shot"]
     rows.append(f"| zero-shot | `zero-shot` | {pct(zs['val_top1'])} | "
                 f"{pct_ci(zs['test_top1'], zs['test_top1_lo'], zs['test_top1_hi'])} | - | 0 |")
+    cnn = prog.get("cnn")  # the second backbone, MobileOne-S0, on the same test images
+    for kind, b in ({**(cnn or {}).get("best", {}), "zero_shot": (cnn or {}).get("zero_shot")}).items():
+        if b:
+            rows.append(f"| CNN {label(kind)} | `{b['name']}` | {pct(b['val_top1'])} | "
+                        f"{pct_ci(b['test_top1'], b['test_top1_lo'], b['test_top1_hi'])} | - | "
+                        f"{count(b['trainable_params'])} |")
     text = [f"{prog['runs']['ok']} runs of the programme (selection on val, numbers on the "
             f"{count(res['data'].get('test_images', 0))} clean test images):", "", *rows, ""]
     t = prog.get("lora_vs_full")
