@@ -224,8 +224,9 @@ def overlay(image, attn_map, alpha=0.5, cmap="inferno"):
 def attention_grid(path, images, maps, true_names, preds, title=""):
     """Write a PNG: rows = images, columns = input | one per model (overlaid maps).
 
-    images: uint8 (B, 3, H, W); maps: {model: (B, h, w)}; true_names: B class names;
-    preds: {model: list of B (predicted name, confidence)}. Correct predictions in green."""
+    images: uint8 (B, 3, H, W); maps: {model: (B, h, w)}; true_names: B class names, or None
+    for photos of unknown breed (woof.predict); preds: {model: list of B (predicted name,
+    confidence)}. Correct predictions in green."""
     plt = pyplot()
 
     def short(name):  # ImageNet names carry synonyms: "dingo, warrigal, warragal, Canis dingo"
@@ -237,14 +238,15 @@ def attention_grid(path, images, maps, true_names, preds, title=""):
     for i in range(B):
         ax = axes[i, 0]
         ax.imshow(images[i].permute(1, 2, 0).cpu().numpy())
-        ax.set_title(f"true: {short(true_names[i])}", fontsize=10, fontweight="bold")
+        ax.set_title(f"true: {short(true_names[i])}" if true_names else "input", fontsize=10, fontweight="bold")
         for j, (name, m) in enumerate(maps.items(), start=1):
             ax = axes[i, j]
             ax.imshow(overlay(images[i], m[i]))
             pred, conf = preds[name][i]
-            ok = pred == true_names[i]
-            ax.set_title(f"{name}: {short(pred)}\n{conf:.0%}, {'correct' if ok else 'wrong'}",
-                         fontsize=9, color="darkgreen" if ok else "firebrick")
+            ok = true_names and pred == true_names[i]
+            verdict = "" if not true_names else ", correct" if ok else ", wrong"
+            ax.set_title(f"{name}: {short(pred)}\n{conf:.0%}{verdict}", fontsize=9,
+                         color="black" if not true_names else "darkgreen" if ok else "firebrick")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
