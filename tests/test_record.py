@@ -200,3 +200,20 @@ def test_the_cnn_backbone_is_selected_on_val_and_paired_on_test():
     assert "MobileOne-S0" in text and "`cnn-full-lr0.001`" in text and "the verdict differs from the ViT's" in text
     assert "holds" in paper.cnn_paragraph(s, {"significant": True, "difference": 0.01})[0].text
     assert compare.cnn_summary(df[df.name != "cnn-zero-shot"], correct) is None
+
+
+def test_ema_and_seeds_join_once_their_grids_are_complete():
+    """The EMA run repeats the val-best layer-decay configuration with full.ema_decay; it and the
+    seeds of a family exist only once that family's grid is complete (selection on val)."""
+    llrd = [r for r in record.programme() if r.block == "full-llrd"]
+    rows = [dict(name=r.name, block=r.block, method="full", status="ok", val_top1=0.9 + 0.01 * i,
+                 trainable_params=1.0) for i, r in enumerate(llrd)]
+    partial = pd.DataFrame(rows[:-1])
+    assert record.ema_runs(partial) == [] and not any("llrd" in r.name for r in record.seed_runs(partial))
+    complete = pd.DataFrame(rows)
+    ema, = record.ema_runs(complete)
+    best = llrd[-1]  # the highest val top-1
+    assert ema.name == f"{best.name}-ema" and ema.overrides == {**best.overrides, "full.ema_decay": record.EMA_DECAY}
+    seeds = [r for r in record.seed_runs(complete) if r.name.startswith(best.name)]
+    assert [r.overrides["full.seed"] for r in seeds] == [1, 2] and ema in record.all_runs(complete)
+    assert record.still_to_run(complete) < record.still_to_run(partial)

@@ -38,8 +38,8 @@ from woof.errors import InputError, ParamError, UserError
 from woof.evaluate import evaluate_models, resolve_precision
 from woof.io import load_params, machine, read_json, read_live, write_json
 from woof.models import create_model, data_config, pretrained_weights, zero_shot_model
-from woof.record import (BLOCKS, DETAILS, RECORD, SEEDS, Run, accuracy_columns, base_params, programme,
-                         read_record, seed_runs, still_to_run, todo, write_row)
+from woof.record import (BLOCKS, DETAILS, RECORD, SEEDS, Run, accuracy_columns, all_runs, base_params, programme,
+                         read_record, still_to_run, todo, write_row)
 from woof.train import parameter_counts, train_method
 
 PREPARED = Path("data/prepared")
@@ -273,7 +273,7 @@ def main(argv=None):
     if args.cmd == "list":
         record = read_record()
         status = dict(zip(record.name, record.status))
-        for run in programme() + seed_runs(record):
+        for run in all_runs(record):
             print(f"{status.get(run.name, 'missing'):>8}  {run.block:>10}  {run.name}")
         print(f"{(record.status == 'ok').sum()} ok, {(record.status == 'failed').sum()} failed, "
               f"{still_to_run(record)} to run (counting the seeds of grids not yet complete)")
