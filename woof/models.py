@@ -26,6 +26,7 @@ def check_weights_file(path, name):
     """A local weights file must be readable and hold `name`'s parameters: one clear error for a
     missing, truncated or foreign file, instead of a SafetensorError or a list of 150 key names.
     -> True when the file holds the model's fused inference-time form (MobileOne's release)."""
+    check_model_name(name)  # a misspelt model.name is the mistake to report, not its missing file
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model.weights {path} {'is a folder' if path.is_dir() else 'does not exist'} (set "
