@@ -48,6 +48,7 @@ pipeline_s=$(( $(date +%s) - start ))
 
 $PY -m woof.bench all --device "$DEVICE" --steps "$BENCH_STEPS" --warmup 2 > "$OUT/bench.md"
 $PY -m woof.bench settings --device "$DEVICE" --steps "$BENCH_STEPS" --warmup 2 >> "$OUT/bench.md"
+$PY -m woof.bench dora --device "$DEVICE" --steps "$BENCH_STEPS" --warmup 2 >> "$OUT/bench.md"  # DoRA against LoRA (issue 33)
 
 OUT=$OUT PIPELINE_S=$pipeline_s DEVICE=$DEVICE $PY - <<'PYEOF'
 import json, os
