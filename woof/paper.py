@@ -136,7 +136,7 @@ def zero_shot_sentence(ctx):
 
 def provenance_sentence(ctx):
     """Said plainly when the pipeline's numbers and the programme's come from other bytes."""
-    if ctx["same_data"] or ctx["prog"] is None:
+    if ctx["same_data"] is not False or ctx["prog"] is None:  # None: no record of this backbone to compare
         return ""
     p = ctx["res"]["provenance"]
     return (f" The pipeline's own runs in this report used another archive or other weights than the programme "
