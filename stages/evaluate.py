@@ -4,12 +4,10 @@ and how far fine-tuning moved the weights from the pretrained ones (metrics/drif
 
 from woof import config, drift
 from woof.data import check_splits, load_classes, load_eval_splits
-from woof.errors import InputError, capped, run_stage
+from woof.errors import capped, run_stage
 from woof.evaluate import evaluate_models, resolve_precision
 from woof.io import atomic_path, write_csv, write_json
-from woof.models import check_model_name, load_model, saved_config, zero_shot_model
-
-PARAM_OF = {"model": "model.name", "image_size": "data.image_size", "classes": "class list (classes.json)"}
+from woof.models import check_model_name, pipeline_models
 PREDICTIONS = "plots/predictions"  # {split}_{model}.csv: file, actual, predicted (confusion, paired tests)
 
 def main():
@@ -18,16 +16,8 @@ def main():
     classes = load_classes("data/prepared/classes.json")
     splits = load_eval_splits("data/prepared")
     check_splits(splits, len(classes), cfg.data.image_size)
-    now = {"model": cfg.model.name, "image_size": cfg.data.image_size, "classes": [c["wnid"] for c in classes]}
-    for m in ("full", "lora"):  # a model of other params would be compared with the wrong baseline
-        saved = saved_config(f"models/{m}")
-        stale = [PARAM_OF[k] for k, v in now.items() if k in saved and saved[k] != v]
-        if stale:
-            raise InputError(f"models/{m} was trained with another {' and '.join(stale)} than now: "
-                             f"run `dvc repro train_{m}`")
     # The untrained model whose 10-class head is the ImageNet head restricted to our breeds.
-    models = {"zero_shot": zero_shot_model(cfg.model, classes, cfg.data.image_size)}
-    models.update({m: load_model(f"models/{m}")[0] for m in ("full", "lora")})
+    models = pipeline_models(cfg.model, classes, cfg.data.image_size)
     capped("evaluate.batch_size", cfg.evaluate.batch_size, max(len(s[1]) for s in splits.values()),
            "the images of the largest evaluation split")  # inference batches are never larger anyway
     metrics, per_class, predictions = evaluate_models(

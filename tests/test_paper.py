@@ -228,3 +228,36 @@ def test_write_readme_rewrites_only_the_block(tmp_path):
     readme.write_text("no markers\n")
     assert not paper.write_readme(readme, tmp_path / "metrics" / "compare.json")
     assert readme.read_text() == "no markers\n"
+
+
+def test_beyond_top1_section_and_model_cards(tmp_path, monkeypatch):
+    """Robustness, calibration and the WiSE-FT path get their section, the discussion answers
+    whether LoRA keeps more robustness, and each model's card states its numbers."""
+    import numpy as np
+    from test_beyond import write_beyond
+    from woof import cards
+    params = pipeline_outputs(tmp_path)
+    rng = np.random.default_rng(0)
+    n = 200
+    clean = {k: rng.random(n) < 0.9 for k in ("zero_shot", "full", "lora")}
+    corrupted = {"zero_shot": rng.random(2 * n) < 0.6, "full": rng.random(2 * n) < 0.4, "lora": rng.random(2 * n) < 0.7}
+    _, per = write_beyond(tmp_path, clean, corrupted)
+    write_json(tmp_path / "metrics" / "compare.json",
+               compare.build(tmp_path / "metrics", tmp_path / "plots" / "predictions", params, robustness_path=per))
+    build(tmp_path, monkeypatch)
+    md = (tmp_path / "report.md").read_text()
+    res = json.loads((tmp_path / "metrics/compare.json").read_text())["beyond"]
+    assert "## 7 Beyond clean top-1" in md and "Here, yes: its drop is significantly smaller" in md
+    assert pvalue(res["paired"]["lora_vs_full"]["p_value"]) in md
+    assert "validation picks a = 0.5" in md  # write_beyond's val path peaks at a = 0.5
+    cards.write_cards("metrics/compare.json", params, "models")
+    card = (tmp_path / "models/woof-lora.md").read_text()
+    r = json.loads((tmp_path / "metrics/compare.json").read_text())["lora"]
+    assert pct_ci(r["top1"], r["top1_lo"], r["top1_hi"]) in card and "T = 1.50" in card
+    assert "# woof-full" in (tmp_path / "models/woof-full.md").read_text()
+
+
+def test_no_beyond_section_before_its_stages_ran(tmp_path, monkeypatch):
+    pipeline_outputs(tmp_path)
+    build(tmp_path, monkeypatch)
+    assert "Beyond clean top-1" not in (tmp_path / "report.md").read_text()

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import ROOT
 from test_record import RUNS
-from woof import compare, figures, programme, record
+from woof import compare, corrupt, figures, programme, record
 from woof.data import fetch, preprocess
 from woof.io import write_json
 from woof.models import create_model, data_config
@@ -30,6 +30,10 @@ def project(archive, random_weights, tmp_path, monkeypatch):
     monkeypatch.setenv("WOOF_WEIGHTS", str(random_weights))
     use_programme(monkeypatch, RUNS)
     return tmp_path
+
+
+def row_corrupted(rec, name):
+    return rec.set_index("name").loc[name, "corrupted_top1"]
 
 
 def use_programme(monkeypatch, runs):
@@ -62,6 +66,11 @@ def test_programme_records_every_run_once_then_summarizes(project, capsys):
     assert broken.status == "failed" and "full.freeze_blocks=13 but the model has 12 blocks" in broken.error
     details = json.loads((project / "metrics/experiments/full-lr0.001.json").read_text())
     assert len(details["correct"]["test"]) == 30 and len(details["history"]) == 1
+    # Every run is measured on the same corrupted copies of the test images (ImageWoof-C) too.
+    copies = 30 * len(corrupt.LEVELS) * len(corrupt.SEVERITIES)
+    assert ok.corrupted_n.eq(copies).all() and ok.corrupted_sha.nunique() == 1
+    assert len(details["correct"]["corrupted"]) == copies
+    assert row_corrupted(rec, "full-lr0.001") == pytest.approx(details["correct"]["corrupted"].count("1") / copies)
     # The row's accuracy is its per-image file's (one source).
     row = rec.set_index("name").loc["full-lr0.001"]
     assert row.test_top1 == pytest.approx(details["correct"]["test"].count("1") / 30)

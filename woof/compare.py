@@ -12,13 +12,14 @@ models evaluated on the same images. Accuracies are fractions everywhere in JSON
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind_from_stats
 
 from woof.io import read_json
 from woof.labels import LABELS, count, mean_std
 from woof.record import FAMILIES, best, cnn_kind, family, programme, reference_runs, still_to_run, val_best
-from woof.stats import ALPHA, compare_paired, mcnemar
+from woof.stats import ALPHA, compare_paired, mcnemar, mean_ci, paired_scores
 
 NAN = float("nan")
 PIPELINE = ("zero_shot", "full", "lora")
@@ -317,6 +318,63 @@ def runs_table(df, summary):
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- beyond clean top-1
+
+def _bits(s):
+    return np.frombuffer(s.encode(), np.uint8) == ord("1")
+
+
+def best_alpha(alphas, val):
+    """The val-best a of a WiSE-FT path (ties to the larger a: the nearer the fine-tuned model)."""
+    return max(range(len(alphas)), key=lambda i: (round(val[i], 12), alphas[i]))
+
+
+def beyond(metrics_dir="metrics", per_image_path="plots/robustness/correct.json"):
+    """Robustness, calibration and the WiSE-FT path of the pipeline's models, with their paired
+    tests; None before the robustness and calibrate stages have run.
+
+    Each clean test image has K corrupted copies; a model's score on an image is the share of its
+    copies it gets right, and models are compared by a bootstrap (CI) and a sign-flip permutation
+    test (p) over the images (woof.stats.paired_scores), not over the N x K pairs."""
+    m = Path(metrics_dir)
+    rob, cal, path = (_optional(m / f) for f in ("robustness.json", "calibration.json", "interpolation.json"))
+    if not (rob and cal and path and Path(per_image_path).exists()):
+        return None
+    per = read_json(per_image_path)
+    n = rob["images"]
+    score = {k: _bits(v).reshape(-1, n).mean(0) for k, v in per["corrupted"].items()}  # (n,) share right
+    clean = {k: _bits(v).astype(float) for k, v in per["test"].items()}
+    models = {}
+    for k, r in rob["models"].items():
+        mean, lo, hi = mean_ci(score[k])
+        models[k] = {"clean": r["clean"], "corrupted": mean, "corrupted_ci": [lo, hi], "by_severity": r["by_severity"],
+                     "worst": r["by_severity"][-1], "retained": mean / r["clean"] if r["clean"] else NAN,
+                     "by_corruption": {c: sum(v) / len(v) for c, v in r["by_corruption"].items()}}
+    tests = {f"{a}_vs_{b}": paired_scores(score[a], score[b]) for a, b in PAIRS}
+    # What fine-tuning lost: an image's clean correctness minus its corrupted score.
+    tests["drop_lora_vs_full"] = paired_scores(clean["lora"] - score["lora"], clean["full"] - score["full"])
+    calibration = {k: {"temperature": c["temperature"],
+                       **{s: {q: c[s][q] for q in ("ece", "ece_scaled", "nll", "nll_scaled")} for s in ("val", "test")}}
+                   for k, c in cal.items()}
+    a = path["alphas"]
+    ends = [a.index(0), a.index(1)]
+    wise = {}
+    for k, acc in path["models"].items():
+        i = best_alpha(a, acc["val"])
+        inner = [j for j in range(len(a)) if j not in ends]
+        wise[k] = {"best_alpha": a[i], **{f"best_{s}": acc[s][i] for s in acc},
+                   **{f"end_{s}": acc[s][ends[1]] for s in acc},
+                   "interior_beats_ends": {s: bool(inner) and max(acc[s][j] for j in inner) > max(acc[s][j] for j in ends)
+                                           for s in acc},
+                   "best_vs_end": compare_paired(_bits(per["path_test"][k][i]), _bits(per["path_test"][k][ends[1]]))}
+    return {"images": n, "copies": len(per["corrupted"]["full"]) // n, "corruptions": rob["corruptions"],
+            "severities": rob["severities"], "fingerprint": rob["fingerprint"], "models": models, "paired": tests,
+            "lora_keeps_more": bool(tests["drop_lora_vs_full"]["significant"]
+                                    and tests["drop_lora_vs_full"]["difference"] < 0),
+            "calibration": calibration, "calibration_bins": len(next(iter(cal.values()))["test"]["bins"]["before"]["count"]),
+            "path": {"alphas": a, "path_severity": path["path_severity"], "models": wise}}
+
+
 # ---------------------------------------------------------------- both, and whether they are the same data
 
 def provenance(data, trains, record):
@@ -346,7 +404,8 @@ def _clean(x):
     return x
 
 
-def build(metrics_dir="metrics", predictions_dir="plots/predictions", params=None, record=None, correct=None):
+def build(metrics_dir="metrics", predictions_dir="plots/predictions", params=None, record=None, correct=None,
+          robustness_path="plots/robustness/correct.json"):
     """Everything the paper states, as one JSON-ready dict (metrics/compare.json). record and
     correct: woof.record.load's (None: no programme)."""
     m = Path(metrics_dir)
@@ -369,6 +428,7 @@ def build(metrics_dir="metrics", predictions_dir="plots/predictions", params=Non
     n = {s: data.get(f"{s}_images") for s in ("train", "val", "test")}
     out["seen_share"] = (n["train"] + n["val"]) / sum(n.values()) if n["test"] else None
     out["provenance"] = provenance(data, trains, record)
+    out["beyond"] = beyond(m, robustness_path)
     has_record = record is not None and (record.status == "ok").any()
     out["programme"] = summarize(record, correct, params, _need(cost, "blocks", m / "cost.json")) if has_record else None
     for b in (out["programme"] or {}).get("best", {}).values():

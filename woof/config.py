@@ -135,6 +135,23 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class Robustness:
+    """ImageWoof-C (woof/corrupt.py) and the WiSE-FT path (woof.drift.interpolate)."""
+    corruptions: list[str] = _check(lambda v: bool(v) and len(set(v)) == len(v), "a non-empty list without repeats")
+    severities: list[int] = _check(lambda v: bool(v) and len(set(v)) == len(v) and all(1 <= s <= 5 for s in v),
+                                   "a non-empty list of severities in 1..5 without repeats")
+    seed: int = _seed()
+    alphas: list[float] = _check(lambda v: 0 in v and 1 in v and all(0 <= a <= 1 for a in v),
+                                 "a list of weights in [0, 1] that holds 0 and 1 (the two ends)")
+    path_severity: int = _check(lambda v: 1 <= v <= 5, "a severity in 1..5")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    bins: int = _check(lambda v: 2 <= v <= 100, "an integer in [2, 100]")
+
+
+@dataclass(frozen=True)
 class Config:
     fetch: Fetch
     model: Model
@@ -145,6 +162,8 @@ class Config:
     evaluate: Evaluate
     attention: Attention
     cost: Cost
+    robustness: Robustness
+    calibration: Calibration
 
     def method(self, name):
         """The Recipe of a training method: "full" or "lora"."""

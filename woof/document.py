@@ -101,6 +101,13 @@ REFERENCES = {
     "dietterich1998": dict(kind="article", author="Dietterich, Thomas G.", title="Approximate Statistical Tests for Comparing Supervised Classification Learning Algorithms",
                            journal="Neural Computation", year="1998"),
     "wightman2019timm": dict(kind="misc", author="Wightman, Ross", title="PyTorch Image Models", howpublished="https://github.com/huggingface/pytorch-image-models", year="2019"),
+    "hendrycks2019benchmarking": dict(kind="inproceedings", author="Hendrycks, Dan and Dietterich, Thomas",
+                                      title="Benchmarking Neural Network Robustness to Common Corruptions and Perturbations",
+                                      booktitle="ICLR", year="2019"),
+    "guo2017calibration": dict(kind="inproceedings", author="Guo, Chuan and Pleiss, Geoff and Sun, Yu and Weinberger, Kilian Q.",
+                               title="On Calibration of Modern Neural Networks", booktitle="ICML", year="2017"),
+    "wortsman2022robust": dict(kind="inproceedings", author="Wortsman, Mitchell and Ilharco, Gabriel and Kim, Jong Wook and Li, Mike and Kornblith, Simon and Roelofs, Rebecca and others",
+                               title="Robust Fine-Tuning of Zero-Shot Models", booktitle="CVPR", year="2022"),
     "loshchilov2019adamw": dict(kind="inproceedings", author="Loshchilov, Ilya and Hutter, Frank", title="Decoupled Weight Decay Regularization",
                                 booktitle="ICLR", year="2019"),
 }

@@ -1,5 +1,6 @@
 """How far fine-tuning moved a model from its pretrained weights: per weight matrix the relative
-change ||W - W0||_F / ||W0||_F, summarised per block and over the whole backbone.
+change ||W - W0||_F / ||W0||_F, summarised per block and over the whole backbone; and the straight
+path between the two (WiSE-FT, Wortsman et al. 2022).
 
 LoRA's merged weights are W0 + (alpha/r) B A, so its change is the adapter's update alone; full
 fine-tuning may move every weight. Used by the evaluate stage (metrics/drift.json, plots/drift.png)
@@ -48,6 +49,16 @@ def drift(pretrained, models):
     """{model name: summarize(relative_changes(pretrained, model))} for every fine-tuned model."""
     with torch.no_grad():
         return {name: summarize(relative_changes(pretrained, m)) for name, m in models.items()}
+
+
+def interpolate(pretrained, tuned, a):
+    """WiSE-FT: the state dict (1 - a) theta_0 + a theta_ft (torch.lerp: exactly theta_0 at a = 0
+    and theta_ft at a = 1). For a merged LoRA model this scales its update, the adapter's B A and
+    the head's change, by a. Integer buffers are the tuned model's."""
+    before, after = pretrained.state_dict(), tuned.state_dict()
+    if before.keys() != after.keys():
+        raise ValueError(f"cannot interpolate models with other parameters: {sorted(before.keys() ^ after.keys())[:3]}")
+    return {k: torch.lerp(before[k], w, a) if w.is_floating_point() else w for k, w in after.items()}
 
 
 def plot(result, path):

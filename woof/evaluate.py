@@ -82,11 +82,17 @@ def predict(model, images, data_cfg, batch_size=128, device="cpu", precision="fp
     return torch.cat(logits), len(images) / max(seconds, 1e-9)
 
 
+def ranked(logits):
+    """(N, C) logits -> (N, min(5, C)) class indices, best first. Top-1, top-5 and every per-image
+    prediction read this one ranking: bf16 logits tie often enough that two tie-breaks (topk's and
+    argmax's) would disagree on an image."""
+    return logits.topk(min(5, logits.shape[1]), dim=1).indices
+
+
 def classification_metrics(logits, labels, ci=False):
     """Top-1, top-5 (fractions) and mean cross-entropy of (N, C) logits against (N,) labels;
     ci: add a 95 % Wilson interval for top-1 and top-5 (top1_ci, top5_ci)."""
-    k = min(5, logits.shape[1])
-    hits = logits.topk(k, dim=1).indices == labels[:, None]  # (N, k)
+    hits = ranked(logits) == labels[:, None]  # (N, k)
     m = {"top1": hits[:, 0].float().mean().item(), "top5": hits.any(1).float().mean().item(),
          "loss": F.cross_entropy(logits, labels).item(), "n": len(labels)}
     if ci:
@@ -96,7 +102,7 @@ def classification_metrics(logits, labels, ci=False):
 
 
 def per_class_accuracy(logits, labels, num_classes):
-    pred = logits.argmax(1)
+    pred = ranked(logits)[:, 0]
     return [(pred[labels == c] == c).float().mean().item() if (labels == c).any() else float("nan")
             for c in range(num_classes)]
 
@@ -122,5 +128,5 @@ def evaluate_models(models, splits, class_names, image_size, batch_size=128, pre
                           for n, a in zip(class_names, accs)]
             predictions[split][method] = [
                 {"file": f, "actual": class_names[a], "predicted": class_names[p]}
-                for f, a, p in zip(files, labels.tolist(), logits.argmax(1).tolist())]
+                for f, a, p in zip(files, labels.tolist(), ranked(logits)[:, 0].tolist())]
     return metrics, per_class, predictions

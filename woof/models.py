@@ -365,6 +365,23 @@ def zero_shot_model(model_cfg, classes, image_size):
                         weights=pretrained_weights(model_cfg), class_indices=[c["imagenet_index"] for c in classes])
 
 
+def pipeline_models(model_cfg, classes, image_size, root="models"):
+    """The models every evaluating stage compares, on the same footing: {"zero_shot", "full",
+    "lora" (merged)}. An InputError names a fine-tuned model trained with another model, image
+    size or class list than now (it would be compared with the wrong baseline)."""
+    now = {"model": (model_cfg.name, "model.name"), "image_size": (image_size, "data.image_size"),
+           "classes": ([c["wnid"] for c in classes], "class list (classes.json)")}
+    for m in ("full", "lora"):
+        saved = saved_config(Path(root) / m)
+        stale = [param for k, (v, param) in now.items() if k in saved and saved[k] != v]
+        if stale:
+            raise InputError(f"{root}/{m} was trained with another {' and '.join(stale)} than now: "
+                             f"run `dvc repro train_{m}`")
+    models = {"zero_shot": zero_shot_model(model_cfg, classes, image_size).eval()}
+    models.update({m: load_model(Path(root) / m)[0] for m in ("full", "lora")})
+    return models
+
+
 PROJECT = Path(__file__).resolve().parents[1]  # the repository: models/ is found from anywhere
 
 

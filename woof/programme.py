@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from woof import config, lora
+from woof import config, corrupt, lora
 from woof.data import load_classes, load_eval_splits, load_split, preprocess, sha256_file, stratified_subset
 from woof.errors import InputError, ParamError, UserError
 from woof.evaluate import evaluate_models, resolve_precision
@@ -117,6 +117,10 @@ def run_one(run, device="cpu"):
         shutil.rmtree(ckpt, ignore_errors=True)
         if run.method == "lora":
             model = lora.merge_lora(model.cpu())
+    r, corrupted_sha = cfg.robustness, None
+    if "test" in splits:  # ImageWoof-C: the test images' corrupted copies, recorded like val and test
+        splits["corrupted"] = corrupt.corrupted_split(*splits["test"], r.corruptions, r.severities, r.seed)
+        corrupted_sha = corrupt.fingerprint(splits["corrupted"][0])
     ev, _, predictions = evaluate_models({run.method: model.cpu()}, splits, [c["name"] for c in classes],
                                          size, cfg.evaluate.batch_size, precision, cfg.train.compile)
     row = {"name": run.name, "block": run.block, "method": run.method,
@@ -125,7 +129,7 @@ def run_one(run, device="cpu"):
            "train_images_per_s": metrics.get("train_images_per_s"),
            "trainable_params": metrics.get("trainable_params"), "total_params": metrics.get("total_params"),
            "peak_memory_mb": metrics.get("peak_memory_mb"), "epochs": len(history),
-           "precision": precision, **provenance(cfg), "git_rev": _git_rev(), "hardware": machine(device),
+           "precision": precision, **provenance(cfg), "corrupted_sha": corrupted_sha, "git_rev": _git_rev(), "hardware": machine(device),
            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     details = {"name": run.name, "overrides": run.overrides, "history": history,
                **per_image({s: rows[run.method] for s, rows in predictions.items()}, classes)}
@@ -173,6 +177,7 @@ def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS
     try:  # a user error stops the programme before any run, instead of failing every run
         base = programme_base()
         check_prepared(config.parse(base))
+        corrupt.check(config.parse(base).robustness.corruptions, config.parse(base).robustness.severities)
         for run in todo(read_record(), blocks, rerun, seeds):
             config.parse(run.params(base))
     except UserError as e:

@@ -198,8 +198,10 @@ def still_to_run(record, seeds=SEEDS):
 COLUMNS = ["name", "block", "method", "overrides", "status", "error",
            "val_top1", "val_top1_lo", "val_top1_hi", "val_top5", "val_n",
            "test_top1", "test_top1_lo", "test_top1_hi", "test_top5", "test_n",
+           # the clean test images' copies under robustness.corruptions x severities (woof/corrupt.py)
+           "corrupted_top1", "corrupted_top1_lo", "corrupted_top1_hi", "corrupted_top5", "corrupted_n",
            "train_images", "train_minutes", "train_images_per_s", "trainable_params", "total_params",
-           "peak_memory_mb", "epochs", "precision", "archive_sha256", "weights_sha256",
+           "peak_memory_mb", "epochs", "precision", "archive_sha256", "weights_sha256", "corrupted_sha",
            "git_rev", "hardware", "finished"]
 
 

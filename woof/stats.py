@@ -23,6 +23,17 @@ def accuracy_ci(correct, confidence=CONFIDENCE):
     return k / n, float(ci.low), float(ci.high)
 
 
+def mean_ci(scores, confidence=CONFIDENCE, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """Mean of per-image scores in [0, 1] with a percentile-bootstrap interval over the images.
+    -> (mean, low, high)."""
+    x = np.asarray(scores, np.float64)
+    if np.ptp(x) == 0:
+        return float(x.mean()), float(x.mean()), float(x.mean())
+    ci = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    return float(x.mean()), float(ci.low), float(ci.high)
+
+
 def mcnemar(correct_a, correct_b):
     """McNemar's exact test of two models on the same images.
 
@@ -55,6 +66,26 @@ def compare_paired(correct_a, correct_b, alpha=ALPHA):
     diff, low, high = paired_difference_ci(correct_a, correct_b)
     return {"n": len(correct_a), "difference": diff, "difference_ci": [low, high], **test,
             "significant": test["p_value"] < alpha}
+
+
+def paired_scores(score_a, score_b, alpha=ALPHA, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """A against B from one score per underlying image each (e.g. the share of an image's K
+    corrupted copies a model gets right): the mean difference with a percentile bootstrap over
+    images and the two-sided p of a paired permutation (sign-flip) test. Resampling the images,
+    not the N x K image-corruption pairs, respects that the copies of one image are not independent."""
+    a, b = np.asarray(score_a, np.float64), np.asarray(score_b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired scores need one value per image for both models, got {a.shape} and {b.shape}")
+    d = a - b
+    if not d.any():
+        return {"n": len(d), "difference": 0.0, "difference_ci": [0.0, 0.0], "p_value": 1.0, "significant": False}
+    rng = np.random.default_rng(seed)
+    ci = stats.bootstrap((d,), np.mean, confidence_level=1 - alpha, n_resamples=resamples,
+                         method="percentile", random_state=rng).confidence_interval
+    p = stats.permutation_test((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
+                               vectorized=True, n_resamples=resamples, random_state=rng).pvalue
+    return {"n": len(d), "difference": float(d.mean()), "difference_ci": [float(ci.low), float(ci.high)],
+            "p_value": float(p), "significant": bool(p < alpha)}
 
 
 def _paired(correct_a, correct_b):

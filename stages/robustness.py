@@ -1,0 +1,65 @@
+"""Stage robustness: beyond clean top-1. The zero-shot head and both fine-tuned models on
+ImageWoof-C, the clean test split under robustness.corruptions at robustness.severities
+(metrics/robustness.json), and the WiSE-FT path theta(a) = (1 - a) theta_0 + a theta_ft at
+robustness.alphas on val, clean test and the corrupted test images (metrics/interpolation.json).
+Clean results are the evaluate stage's (plots/predictions). Per-image correctness
+(plots/robustness/correct.json) is what compare's paired tests read; the
+figures are plots/robustness/{severity,path}.png. Logic in woof/robustness.py, woof/corrupt.py."""
+from pathlib import Path
+
+import pandas as pd
+
+from woof import config, corrupt, robustness
+from woof.data import check_splits, load_classes, load_eval_splits
+from woof.errors import InputError, ParamError, reading, run_stage
+from woof.evaluate import resolve_precision
+from woof.io import atomic_path, write_json
+from woof.models import check_model_name, pipeline_models
+
+OUT = Path("plots/robustness")
+PREDICTIONS = "plots/predictions"  # the evaluate stage's per-image results on val and test
+
+
+def evaluated(split, model, files):
+    """Which images of `split` the evaluate stage found `model` right on, in `files` order."""
+    path = Path(PREDICTIONS) / f"{split}_{model}.csv"
+    with reading(path, "run `dvc repro evaluate`"):
+        rows = pd.read_csv(path)
+        if rows.file.tolist() != list(files):
+            raise ValueError("other images than data/prepared holds")
+    return (rows.actual == rows.predicted).to_numpy()
+
+
+def main():
+    cfg = config.load()
+    check_model_name(cfg.model.name)
+    r = cfg.robustness
+    corrupt.check(r.corruptions, r.severities)
+    if r.path_severity not in r.severities:
+        raise ParamError(f"params.yaml: robustness.path_severity={r.path_severity} must be one of "
+                         f"robustness.severities {list(r.severities)}")
+    classes = load_classes("data/prepared/classes.json")
+    splits = load_eval_splits("data/prepared")
+    check_splits(splits, len(classes), cfg.data.image_size)
+    if "test" not in splits:
+        raise InputError("robustness corrupts the clean test split: set data.split=clean_test and run `dvc repro`")
+    models = pipeline_models(cfg.model, classes, cfg.data.image_size)
+    clean = {s: {m: evaluated(s, m, files) for m in models} for s, (_, _, files) in splits.items()}
+    result, path, per_image = robustness.measure(
+        models, splits, clean, [c["name"] for c in classes], r, cfg.data.image_size, cfg.evaluate.batch_size,
+        resolve_precision(cfg.train.precision, "cpu"), cfg.train.compile)
+    with atomic_path(OUT, is_dir=True) as tmp:
+        write_json(tmp / "correct.json", per_image)
+        robustness.plot_severity(result, tmp / "severity.png")
+        robustness.plot_path(path, tmp / "path.png")
+    write_json("metrics/robustness.json", result)
+    write_json("metrics/interpolation.json", path)
+    for m, x in result["models"].items():
+        print(f"{m:>9}: clean {100 * x['clean']:.1f} %, corrupted mean {100 * x['mean']:.1f} %, "
+              f"severity {r.severities[-1]} {100 * x['by_severity'][-1]:.1f} %")
+    for m, acc in path["models"].items():
+        print(f"{m:>9} path a={r.alphas}: val " + " ".join(f"{100 * v:.1f}" for v in acc["val"]))
+
+
+if __name__ == "__main__":
+    run_stage(main)
