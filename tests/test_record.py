@@ -170,8 +170,8 @@ def test_committed_record_rows_match_their_per_image_files():
             assert isinstance(row[key], str) and row[key], f"{name}: no {key}"
         details = json.loads((COMMITTED.parent / "experiments" / f"{name}.json").read_text())
         want = record.accuracy_columns(details["correct"], {s: row[f"{s}_top5"] for s in details["correct"]})
-        assert set(details["correct"]) == {"val", "test"}, name
-        for split in ("val", "test"):
+        assert {"val", "test"} <= set(details["correct"]) <= {"val", "test", "corrupted"}, name
+        for split in details["correct"]:
             assert row[f"{split}_n"] == want[f"{split}_n"], (name, split)
             for col in (f"{split}_top1", f"{split}_top1_lo", f"{split}_top1_hi"):
                 assert row[col] == pytest.approx(want[col], abs=1e-9), (name, col)
@@ -189,16 +189,17 @@ def test_the_cnn_backbone_is_selected_on_val_and_paired_on_test():
                             status="ok", val_top1=v / n, test_top1=t / n, val_top1_lo=0.0, val_top1_hi=1.0,
                             test_top1_lo=0.0, test_top1_hi=1.0, trainable_params=1.0) for k, (v, t) in names.items()])
     correct = {k: {"val": bits(v), "test": bits(t)} for k, (v, t) in names.items()}
-    s = compare.cnn_summary(df, correct)
+    s = compare.cnn_summary(df, correct, {"significant": False, "difference": 0.006})
     assert s["best"]["full"]["name"] == "cnn-full-lr0.001"  # the better val, although its test is worse
     assert s["best"]["probe"]["name"] == "cnn-probe-lr0.001" and s["runs"]["missing"] == 3
     assert s["best"]["lora"]["vs_zero_shot"]["difference"] == pytest.approx((170 - 150) / n)
     t = s["lora_vs_full"]
     assert (t["a_only"], t["b_only"]) == (30, 0) and t["significant"]
     s = json.loads(json.dumps(compare._clean(s)))
-    text = paper.cnn_paragraph(s, {"significant": False, "difference": 0.006})[0].text
+    text = paper.cnn_paragraph(s)[0].text
     assert "MobileOne-S0" in text and "`cnn-full-lr0.001`" in text and "the verdict differs from the ViT's" in text
-    assert "holds" in paper.cnn_paragraph(s, {"significant": True, "difference": 0.01})[0].text
+    s = compare.cnn_summary(df, correct, {"significant": True, "difference": 0.01})
+    assert "holds" in paper.cnn_paragraph(json.loads(json.dumps(compare._clean(s))))[0].text
     assert compare.cnn_summary(df[df.name != "cnn-zero-shot"], correct) is None
 
 
@@ -217,3 +218,26 @@ def test_ema_and_seeds_join_once_their_grids_are_complete():
     seeds = [r for r in record.seed_runs(complete) if r.name.startswith(best.name)]
     assert [r.overrides["full.seed"] for r in seeds] == [1, 2] and ema in record.all_runs(complete)
     assert record.still_to_run(complete) < record.still_to_run(partial)
+
+
+def test_second_round_pairs_layer_decay_and_dora_with_the_first_round():
+    """Layer decay and DoRA by their val-best runs so far, paired on the same test images with the
+    first round's val-best runs; an incomplete grid is called provisional; the paper says whether
+    layer decay changes the LoRA-vs-full verdict."""
+    n = 200
+    runs = {"full-lr2e-05": ("full-lr", 180, 150), "lora-r8": ("lora-rank", 181, 152),
+            "full-llrd0.75-lr0.0001": ("full-llrd", 185, 180)}  # block, val right, test right
+    df = pd.DataFrame([dict(name=k, block=b, status="ok") for k, (b, _, _) in runs.items()])
+    correct = {k: {"val": (np.arange(n) < v, "f"), "test": (np.arange(n) < t, "f")} for k, (_, v, t) in runs.items()}
+    best = {fam: dict(name=k, val_top1=v / n, test_top1=t / n, test_top1_lo=0.0, test_top1_hi=1.0)
+            for fam, (k, (_, v, t)) in zip(("full", "lora", "llrd"), runs.items())}
+    lora_vs_full = compare.paired(correct, "lora-r8", "full-lr2e-05")
+    assert not lora_vs_full["significant"]  # 2 images apart
+    sr = compare.second_round(df, correct, best, lora_vs_full)
+    assert sr["recorded"] == {"llrd": {"ok": 1, "of": 4}, "dora": {"ok": 0, "of": 6}}
+    t = sr["paired"]["llrd_vs_full"]
+    assert (t["a_only"], t["b_only"]) == (30, 0) and t["significant"] and set(sr["paired"]) == {"llrd_vs_full", "lora_vs_llrd"}
+    assert sr["llrd_changes_verdict"]  # level with plain full fine-tuning, significantly behind it with layer decay
+    text = paper.second_round_paragraph({"second_round": compare._clean(sr), "best": best})[0].text
+    assert "`full-llrd0.75-lr0.0001`" in text and "1 of 4 runs recorded; the val-best so far is provisional" in text
+    assert "DoRA: none of its 6 runs is recorded yet" in text and "Layer decay changes the verdict" in text

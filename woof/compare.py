@@ -18,7 +18,8 @@ from scipy.stats import ttest_ind_from_stats
 
 from woof.io import read_json
 from woof.labels import LABELS, count, mean_std
-from woof.record import FAMILIES, best, cnn_kind, family, programme, reference_runs, still_to_run, val_best
+from woof.record import (FAMILIES, all_runs, best, cnn_kind, family, programme, reference_runs, still_to_run,
+                         val_best)
 from woof.stats import ALPHA, compare_paired, mcnemar, mean_ci, paired_scores
 
 NAN = float("nan")
@@ -227,7 +228,7 @@ def throughput_defaults(df, correct, refs):
     return out
 
 
-def cnn_summary(df, correct):
+def cnn_summary(df, correct, vit_lora_vs_full=None):
     """The CNN backbone's answer: the val-best run of each of its methods (selection on val), each
     against its own zero-shot head and LoRA against full, paired on the same clean test images as
     the ViT's (the files are the same: preprocessing differs, the images do not)."""
@@ -244,13 +245,40 @@ def cnn_summary(df, correct):
         if b is not None:
             out["best"][kind] = {"name": b["name"], **numbers(b), "vs_zero_shot": paired(correct, b["name"], zs)}
     full, lora = out["best"].get("full"), out["best"].get("lora")
-    out["lora_vs_full"] = paired(correct, lora["name"], full["name"]) if full and lora else None
+    t = out["lora_vs_full"] = paired(correct, lora["name"], full["name"]) if full and lora else None
+    # whether the ViT's verdict (the same significance and direction) holds on this backbone
+    out["vit_verdict_holds"] = _says(t) == _says(vit_lora_vs_full) if t and vit_lora_vs_full else None
     return out
+
+
+# The second round (issue 33): full fine-tuning with layer decay (EMA run included) and DoRA,
+# against the first round's val-best full fine-tuning and LoRA and each other.
+SECOND = ("llrd", "dora")
+SECOND_PAIRS = (("llrd", "full"), ("lora", "llrd"), ("dora", "lora"), ("dora", "full"), ("dora", "llrd"))
+
+
+def second_round(df, correct, best_runs, lora_vs_full):
+    """Each second-round family's val-best run so far, paired on the same clean test images (a
+    val-best of an incomplete grid is provisional: "recorded" says how much of it has run), and
+    whether layer decay changes the LoRA-vs-full verdict: its significance or its direction."""
+    ok = set(df.name[df.status == "ok"])
+    names = {fam: b["name"] for fam, b in best_runs.items()}
+    grids = {fam: [r.name for r in all_runs(df) if r.block in FAMILIES[fam]] for fam in SECOND}
+    tests = {f"{a}_vs_{b}": paired(correct, names[a], names[b]) for a, b in SECOND_PAIRS if a in names and b in names}
+    after = tests.get("lora_vs_llrd")
+    return {"recorded": {fam: {"ok": sum(n in ok for n in g), "of": len(g)} for fam, g in grids.items()},
+            "paired": tests,
+            "llrd_changes_verdict": None if not (lora_vs_full and after) else _says(lora_vs_full) != _says(after)}
+
+
+def _says(t):
+    """What a sentence says of a paired test: (significant, which way when it is)."""
+    return t["significant"], (t["difference"] > 0) if t["significant"] else None
 
 
 def numbers(row):
     keys = ("val_top1", "val_top1_lo", "val_top1_hi", "test_top1", "test_top1_lo", "test_top1_hi",
-            "test_top5", "train_minutes", "train_images_per_s", "trainable_params", "peak_memory_mb")
+            "test_top5", "corrupted_top1", "train_minutes", "train_images_per_s", "trainable_params", "peak_memory_mb")
     return {k: (None if pd.isna(row.get(k)) else float(row[k])) for k in keys}
 
 
@@ -279,7 +307,8 @@ def summarize(df, correct, params, blocks):
     out["lora_rank_spread"] = {s: float(ranks[f"{s}_top1"].max() - ranks[f"{s}_top1"].min()) if len(ranks) else None
                                for s in ("val", "test")}
     out["throughput_defaults"] = throughput_defaults(df, correct, refs)
-    out["cnn"] = cnn_summary(df, correct)
+    out["cnn"] = cnn_summary(df, correct, out["lora_vs_full"])
+    out["second_round"] = second_round(df, correct, out["best"], out["lora_vs_full"])
     run = df.set_index("name")
     out["blocks"] = blocks
     out["freezing"] = [{"frozen_blocks": k, "name": n, **numbers(run.loc[n]),

@@ -220,7 +220,8 @@ def programme_results(ctx):
     blocks += freezing_paragraph(prog.get("freezing") or [])
     blocks += fractions_paragraph(prog.get("fractions") or [])
     blocks += throughput_paragraph(prog.get("throughput_defaults") or {})
-    blocks += cnn_paragraph(prog.get("cnn"), prog.get("lora_vs_full"))
+    blocks += second_round_paragraph(prog)
+    blocks += cnn_paragraph(prog.get("cnn"))
     figs = {"frontier": "Clean-test top-1 (95 % CI) against trainable parameters for every run on the full training set.",
             "rank_lr": "Left: LoRA validation (solid) and test (dashed) top-1 against rank at alpha = 2r, one line per "
                        "learning rate. Right: full fine-tuning against learning rate.",
@@ -306,7 +307,36 @@ def throughput_paragraph(fast):
                  f"Against the same configuration in fp32 eager, " + "; ".join(parts) + ".")]
 
 
-def cnn_paragraph(cnn, vit_lora_vs_full):
+def second_round_paragraph(prog):
+    """Layer decay and DoRA (issue 33): each one's val-best run so far against the first round's
+    val-best full fine-tuning and LoRA, paired on the same clean test images."""
+    sr, best = prog.get("second_round"), prog["best"]
+    if not sr:
+        return []
+    text = ["**The second round.** Two objections to the first: that full fine-tuning of a ViT is run with layer-wise "
+            "learning-rate decay (and often an EMA of its weights), and that DoRA is the stronger low-rank method."]
+    for fam, vs in (("llrd", (("llrd_vs_full", "plain full fine-tuning"), ("lora_vs_llrd", None))),
+                    ("dora", (("dora_vs_lora", "LoRA"), ("dora_vs_full", "full fine-tuning"),
+                              ("dora_vs_llrd", "full fine-tuning with layer decay")))):
+        rec, b = sr["recorded"][fam], best.get(fam)
+        if b is None:
+            text.append(f"{label(fam, True)}: none of its {rec['of']} runs is recorded yet.")
+            continue
+        part = (f"{label(fam, True)} ({rec['ok']} of {rec['of']} runs recorded"
+                + ("; the val-best so far is provisional" if rec["ok"] < rec["of"] else "") + f"): `{b['name']}` reaches "
+                f"{pct(b['val_top1'], 2)} on val and {pct_ci(b['test_top1'], b['test_top1_lo'], b['test_top1_hi'])} on the "
+                "clean test split")
+        tests = [(sr["paired"].get(k), who) for k, who in vs]
+        part += "".join(f"; against {who}'s val-best, {_difference(t)}" if who else
+                        f"; LoRA against it, {_difference(t)}" for t, who in tests if t)
+        text.append(part + ".")
+    if sr.get("llrd_changes_verdict") is not None:
+        text.append("Layer decay " + ("changes" if sr["llrd_changes_verdict"] else "does not change")
+                    + " the verdict between LoRA and full fine-tuning.")
+    return [Para(" ".join(text))]
+
+
+def cnn_paragraph(cnn):
     """The second backbone: MobileOne-S0's val-best run of each method, against its own zero-shot
     head and LoRA against full, and whether the ViT's verdict holds on it."""
     if not cnn or not cnn["best"]:
@@ -323,10 +353,9 @@ def cnn_paragraph(cnn, vit_lora_vs_full):
                     f"{_difference(b['vs_zero_shot'])} against its zero-shot head.")
     t = cnn.get("lora_vs_full")
     if t:
-        same = vit_lora_vs_full is not None and t["significant"] == vit_lora_vs_full["significant"] and \
-            (not t["significant"] or (t["difference"] > 0) == (vit_lora_vs_full["difference"] > 0))
         text.append(f"LoRA against full fine-tuning on the CNN: {_difference(t)}; "
-                    + ("the ViT's verdict holds on this backbone." if same else "the verdict differs from the ViT's."))
+                    + ("the ViT's verdict holds on this backbone." if cnn.get("vit_verdict_holds")
+                       else "the verdict differs from the ViT's."))
     return [Para(" ".join(text))]
 
 
