@@ -1,5 +1,7 @@
 """The benchmark's rows run and report sane numbers (speed itself is not asserted here: it is
 measured by `python -m woof.bench all`, never by a timed test)."""
+import json
+
 import pytest
 
 from conftest import ROOT
@@ -110,3 +112,18 @@ def test_bench_imports_no_training_loop():
     from test_deps import imported_modules
     assert bench.machine.__module__ == "woof.io"
     assert "woof.train" not in imported_modules(ROOT / "woof" / "bench.py")
+
+
+def test_methods_suite_runs_every_method_on_both_backbones(tmp_path):
+    """Full fine-tuning (with and without layer decay), LoRA and DoRA on the ViT's linear layers and
+    on MobileOne's 1x1 convolutions (fused form), one run, rows written to --json."""
+    out = tmp_path / "methods.json"
+    every = bench.main(["methods", "--model", "vit_tiny_patch16_224:32", "mobileone_s0:64", "--steps", "1",
+                        "--warmup", "0", "--batch-size", "2", "--json", str(out)])
+    saved = json.loads(out.read_text())["models"]
+    for model in ("vit_tiny_patch16_224", "mobileone_s0"):
+        rows = every[model]
+        assert set(rows) == set(bench.METHOD_ROWS) and set(saved[model]) == set(bench.METHOD_ROWS)
+        full, lora, dora = (rows[k]["trainable"] for k in ("full fine-tuning", "LoRA r=8 +head", "DoRA r=8 +head"))
+        assert lora < dora < full  # DoRA adds a magnitude per adapted output channel
+        assert rows["full fine-tuning, layer decay 0.75"]["trainable"] == full

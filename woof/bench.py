@@ -1,4 +1,5 @@
-"""Benchmarks that print Markdown tables: `python -m woof.bench lora` (or `dora`, `settings`, `all`).
+"""Benchmarks that print Markdown tables: `python -m woof.bench lora` (or `dora`, `settings`, `methods`,
+`all`); `--model A B:224` measures several backbones in one run, `--json` keeps the rows.
 
 A row is a name and a function `setup(model, batch) -> step`: it prepares a fresh model, usually
 with a woof.step.Method, and returns a closure that runs one unit of work, usually the pipeline's
@@ -20,6 +21,7 @@ Both count tensor memory from PyTorch's allocator, not the process RSS (librarie
 e.g. oneDNN scratch space, are not included).
 """
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -35,7 +37,8 @@ from woof.evaluate import autocast, compile_unavailable, native_bf16
 from woof.lora import lora_modules
 from woof.models import count_parameters, create_model
 from woof.step import Method, make_optimizer
-from woof.io import machine
+from woof.io import machine, write_json
+from woof.record import CNN_POINTWISE
 
 ALL_LINEAR = r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 QKV = r"blocks\.\d+\.attn\.qkv"
@@ -284,7 +287,26 @@ ALL_ROWS = {
     "data: cached uint8 tensors, batched crop/flip": _tensor_loader,
     "data: ImageFolder + PIL transforms per sample": _pil_loader,
 }
-SUITES = {"lora": LORA_ROWS, "dora": DORA_ROWS, "settings": SETTING_ROWS, "all": ALL_ROWS}
+
+
+# ---- issue 33: each method the programme compares, on either backbone (`--model mobileone_s0
+# --image-size 224`): adapters on a ViT's linear layers, on a CNN's 1x1 convolutions.
+def _on_backbone(kind, rank=8):
+    def setup(model, batch):
+        recipe = config.load().full
+        if kind == "llrd":
+            recipe = dataclasses.replace(recipe, layer_decay=0.75)
+        if kind in ("full", "llrd"):
+            return train_step(FULL.prepare(model), batch, recipe=recipe)
+        targets = ALL_LINEAR if hasattr(model, "blocks") else CNN_POINTWISE
+        method = Method(("head",), lora={"targets": targets, "rank": rank, "alpha": 2 * rank, "dora": kind == "dora"})
+        return train_step(method.prepare(model), batch)
+    return setup
+
+
+METHOD_ROWS = {"full fine-tuning": _on_backbone("full"), "full fine-tuning, layer decay 0.75": _on_backbone("llrd"),
+               "LoRA r=8 +head": _on_backbone("lora"), "DoRA r=8 +head": _on_backbone("dora")}
+SUITES = {"lora": LORA_ROWS, "dora": DORA_ROWS, "settings": SETTING_ROWS, "methods": METHOD_ROWS, "all": ALL_ROWS}
 
 
 def matmul_gflops(device="cpu", n=2048, dtype=torch.float32, repeats=5):
@@ -304,7 +326,9 @@ def run(rows, model_name="vit_tiny_patch16_224", batch_size=32, image_size=160, 
     step_of = {}
     for name, setup in rows.items():
         torch.manual_seed(seed)
-        model = create_model(model_name, num_classes=10, img_size=image_size, pretrained=False).to(device)
+        # a reparameterizable CNN (MobileOne) trains in its fused form, as the pipeline's release weights are
+        model = create_model(model_name, num_classes=10, img_size=image_size, pretrained=False,
+                             fused=model_name.startswith("mobileone")).to(device)
         try:
             step_of[name] = setup(model, batch)
         except ImportError as e:  # PEFT rows without PEFT installed (requirements-dev.txt)
@@ -343,7 +367,8 @@ def head_to_head(results):
 DORA_PAIRS = (("DoRA ours r=8 qkv+proj+fc1+fc2 +head", "LoRA ours r=8 qkv+proj+fc1+fc2 +head"),
               ("DoRA ours r=32 qkv+proj+fc1+fc2 +head", "LoRA ours r=32 qkv+proj+fc1+fc2 +head"),
               ("DoRA ours r=8 qkv+proj+fc1+fc2 +head", "DoRA PEFT r=8 qkv+proj+fc1+fc2 +head"),
-              ("DoRA ours r=32 qkv+proj+fc1+fc2 +head", "DoRA PEFT r=32 qkv+proj+fc1+fc2 +head"))
+              ("DoRA ours r=32 qkv+proj+fc1+fc2 +head", "DoRA PEFT r=32 qkv+proj+fc1+fc2 +head"),
+              ("DoRA r=8 +head", "LoRA r=8 +head"))  # the methods suite, on either backbone
 
 
 def dora_costs(results):
@@ -418,7 +443,9 @@ def kernels(device="cpu"):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", nargs="?", default="lora", choices=sorted(SUITES))
-    parser.add_argument("--model", default="vit_tiny_patch16_224")
+    parser.add_argument("--model", nargs="+", default=["vit_tiny_patch16_224"],
+                        help="one table per model, in this one run; MODEL:SIZE sets its image size (else --image-size)")
+    parser.add_argument("--json", default=None, help="also write each model's rows (medians, peak memory) to this file")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -428,38 +455,47 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# {args.model}, {args.image_size} px, batch {args.batch_size}, the pipeline's step (timm AdamW, "
-          f"params.yaml's full recipe), fp32 eager unless the row says otherwise, "
-          f"{machine(args.device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"median of {args.steps} steps after {args.warmup} warmup, {time.strftime('%Y-%m-%d')}", flush=True)
     print(f"# kernels: {kernels(args.device)}", flush=True)
-    results = run(SUITES[args.suite], args.model, args.batch_size, args.image_size, args.steps,
-                  args.warmup, args.device)
     peak = {"fp32": matmul_gflops(args.device), "bf16": matmul_gflops(args.device, dtype=torch.bfloat16)}
-    print(markdown(results, peak_gflops=peak))
-    if summary := settings_summary(results):
-        print(f"\nSettings, paired by round:\n{summary}")
-    if pairs := head_to_head(results):
-        print(f"\nSame configuration, paired by round:\n{pairs}")
-    if dora := dora_costs(results):
-        print(f"\nDoRA's step time, paired by round:\n{dora}")
+    every = {}
+    for spec in args.model:
+        name, _, size = spec.partition(":")
+        size = int(size) if size else args.image_size
+        print(f"\n# {name}, {size} px, batch {args.batch_size}, the pipeline's step (timm AdamW, "
+              f"params.yaml's full recipe), fp32 eager unless the row says otherwise, "
+              f"{machine(args.device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+              f"median of {args.steps} steps after {args.warmup} warmup, {time.strftime('%Y-%m-%d')}", flush=True)
+        results = every[name] = run(SUITES[args.suite], name, args.batch_size, size, args.steps, args.warmup,
+                                    args.device)
+        print(markdown(results, peak_gflops=peak))
+        if summary := settings_summary(results):
+            print(f"\nSettings, paired by round:\n{summary}")
+        if pairs := head_to_head(results):
+            print(f"\nSame configuration, paired by round:\n{pairs}")
+        if dora := dora_costs(results):
+            print(f"\nDoRA's step time, paired by round:\n{dora}")
+        if "linear probe, cached features (5 epochs)" in results:
+            probe = results["linear probe, cached features (5 epochs)"]
+            forward = results["inference forward pass (reference for the probe)"]
+            # One probe call covers 5 epochs of a batch; one forward call, one pass over it.
+            cost = probe["step_ms"] / forward["step_ms"]
+            print(f"Whole 5-epoch linear probe = {cost:.2f} forward passes over the training set.")
+        tensors = results.get("data: cached uint8 tensors, batched crop/flip")
+        pil = results.get("data: ImageFolder + PIL transforms per sample")
+        if tensors and pil:
+            steps = [r["images_per_s"] for n, r in results.items()
+                     if not n.startswith(("data", "inference")) and "cached" not in n]
+            print(f"Input pipeline: cached tensors deliver {tensors['images_per_s'] / max(steps):.1f}x the "
+                  f"images/s of the fastest training step above and {tensors['images_per_s'] / pil['images_per_s']:.1f}x "
+                  f"the per-sample PIL pipeline.")
+    if args.json:
+        write_json(args.json, {"suite": args.suite, "machine": machine(args.device), "threads": torch.get_num_threads(),
+                               "batch_size": args.batch_size, "steps": args.steps, "date": time.strftime("%Y-%m-%d"),
+                               "models": {m: {row: {k: r[k] for k in ("images_per_s", "step_ms", "peak_mb", "trainable")}
+                                              for row, r in res.items()} for m, res in every.items()}})
     print(f"\nLarge matmul (2048^3) on this machine: {peak['fp32']:.0f} GFLOP/s fp32, "
           f"{peak['bf16']:.0f} GFLOP/s bf16; the % column is against the row's precision.")
-    if "linear probe, cached features (5 epochs)" in results:
-        probe = results["linear probe, cached features (5 epochs)"]
-        forward = results["inference forward pass (reference for the probe)"]
-        # One probe call covers 5 epochs of a batch; one forward call, one pass over it.
-        cost = probe["step_ms"] / forward["step_ms"]
-        print(f"Whole 5-epoch linear probe = {cost:.2f} forward passes over the training set.")
-    tensors = results.get("data: cached uint8 tensors, batched crop/flip")
-    pil = results.get("data: ImageFolder + PIL transforms per sample")
-    if tensors and pil:
-        steps = [r["images_per_s"] for n, r in results.items()
-                 if not n.startswith(("data", "inference")) and "cached" not in n]
-        print(f"Input pipeline: cached tensors deliver {tensors['images_per_s'] / max(steps):.1f}x the "
-              f"images/s of the fastest training step above and {tensors['images_per_s'] / pil['images_per_s']:.1f}x "
-              f"the per-sample PIL pipeline.")
-    return results
+    return every
 
 
 if __name__ == "__main__":

@@ -458,6 +458,8 @@ def build(metrics_dir="metrics", predictions_dir="plots/predictions", params=Non
     out["seen_share"] = (n["train"] + n["val"]) / sum(n.values()) if n["test"] else None
     out["provenance"] = provenance(data, trains, record)
     out["beyond"] = beyond(m, robustness_path)
+    # each method's training-step speed and memory per backbone (`python -m woof.bench methods --json`)
+    out["method_costs"] = _optional(m / "bench_methods.json")
     has_record = record is not None and (record.status == "ok").any()
     out["programme"] = summarize(record, correct, params, _need(cost, "blocks", m / "cost.json")) if has_record else None
     for b in (out["programme"] or {}).get("best", {}).values():

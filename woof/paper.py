@@ -221,6 +221,7 @@ def programme_results(ctx):
     blocks += fractions_paragraph(prog.get("fractions") or [])
     blocks += throughput_paragraph(prog.get("throughput_defaults") or {})
     blocks += second_round_paragraph(prog)
+    blocks += method_costs_table(ctx["res"].get("method_costs"))
     blocks += cnn_paragraph(prog.get("cnn"))
     figs = {"frontier": "Clean-test top-1 (95 % CI) against trainable parameters for every run on the full training set.",
             "rank_lr": "Left: LoRA validation (solid) and test (dashed) top-1 against rank at alpha = 2r, one line per "
@@ -334,6 +335,23 @@ def second_round_paragraph(prog):
         text.append("Layer decay " + ("changes" if sr["llrd_changes_verdict"] else "does not change")
                     + " the verdict between LoRA and full fine-tuning.")
     return [Para(" ".join(text))]
+
+
+def method_costs_table(costs):
+    """Each method's training step per backbone, measured in one bench run."""
+    if not costs:
+        return []
+    rows = []
+    for model, by_row in costs["models"].items():
+        full = by_row.get("full fine-tuning")
+        for name, r in by_row.items():
+            rows.append([model, name, count(r["trainable"]), f"{r['images_per_s']:.1f}",
+                         f"{full['step_ms'] / r['step_ms']:.2f}x" if full else "-", f"{r['peak_mb']:.0f}"])
+    return [Table(["backbone", "method", "trainable", "images/s", "vs full", "peak tensor MB"], rows,
+                  f"One training step of each method per backbone (batch {costs['batch_size']}, fp32 eager, median of "
+                  f"{costs['steps']} steps, `python -m woof.bench {costs['suite']}`, {costs['machine']}, "
+                  f"{costs['threads']} threads, {costs['date']}); adapters on the ViT's linear layers and on "
+                  "MobileOne's 1x1 convolutions, rank 8.")]
 
 
 def cnn_paragraph(cnn):
