@@ -41,6 +41,8 @@ def make_repo(tmp_path, **overrides):
     (repo / "metrics" / "experiments" / ".gitkeep").touch()
     from woof.record import COLUMNS
     (repo / "metrics" / "experiments.csv").write_text(",".join(COLUMNS) + "\n")
+    # The committed bench measurement of each method per backbone, which compare reads (woof.bench --json).
+    shutil.copy(ROOT / "metrics" / "bench_methods.json", repo / "metrics" / "bench_methods.json")
     sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", repo)
     return repo
 

@@ -549,7 +549,7 @@ def beyond_top1(ctx):
         blocks.append(Figure((ctx["plots"] / "robustness/severity.png").as_posix(),
                              "Top-1 against corruption severity (0: clean), the mean over corruptions and each one.", 95))
     c = b["calibration"]
-    cal = [[label(k, True), f"{x['temperature']:.2f}", f"{100 * x['val']['ece']:.1f} %",
+    cal = [[label(k, True), f"{x['temperature']:.2f}", f"{100 * x['val']['ece']:.1f} % -> {100 * x['val']['ece_scaled']:.1f} %",
             f"{100 * x['test']['ece']:.1f} % -> {100 * x['test']['ece_scaled']:.1f} %",
             f"{x['test']['nll']:.3f} -> {x['test']['nll_scaled']:.3f}"] for k, x in c.items()]
     under = [label(k) for k, x in c.items() if x["temperature"] < 0.9]
@@ -571,7 +571,7 @@ def beyond_top1(ctx):
     words.append(f"After scaling, test ECE is at most {pct(max(x['test']['ece_scaled'] for x in c.values()))} "
                  f"(lowest: {label(best)}).")
     blocks += [Heading("Calibration", 2), Para(" ".join(words)),
-               Table(["model", "T", "val ECE", "test ECE before -> after T", "test NLL before -> after T"], cal,
+               Table(["model", "T", "val ECE before -> after T", "test ECE before -> after T", "test NLL before -> after T"], cal,
                      "Calibration before and after temperature scaling (T fitted on validation).")]
     if (ctx["plots"] / "reliability.png").exists():
         blocks.append(Figure((ctx["plots"] / "reliability.png").as_posix(), "Reliability diagrams on the clean test split, "

@@ -129,7 +129,8 @@ def run_one(run, device="cpu"):
            "train_images_per_s": metrics.get("train_images_per_s"),
            "trainable_params": metrics.get("trainable_params"), "total_params": metrics.get("total_params"),
            "peak_memory_mb": metrics.get("peak_memory_mb"), "epochs": len(history),
-           "precision": precision, **provenance(cfg), "corrupted_sha": corrupted_sha, "git_rev": _git_rev(), "hardware": machine(device),
+           "precision": precision, **provenance(cfg), "corrupted_sha": corrupted_sha, "git_rev": _git_rev(),
+           "hardware": machine(device),
            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     details = {"name": run.name, "overrides": run.overrides, "history": history,
                **per_image({s: rows[run.method] for s, rows in predictions.items()}, classes)}
