@@ -12,14 +12,13 @@ models evaluated on the same images. Accuracies are fractions everywhere in JSON
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind_from_stats
 
 from woof.io import read_json
 from woof.labels import LABELS, count, mean_std
-from woof.record import (FAMILIES, all_runs, best, cnn_kind, family, programme, reference_runs, still_to_run,
-                         val_best)
+from woof.record import (FAMILIES, all_runs, best, cnn_kind, family, from_bits, programme, reference_runs,
+                         still_to_run, val_best)
 from woof.stats import ALPHA, compare_paired, mcnemar, mean_ci, paired_scores
 
 NAN = float("nan")
@@ -349,10 +348,6 @@ def runs_table(df, summary):
 
 # ---------------------------------------------------------------- beyond clean top-1
 
-def _bits(s):
-    return np.frombuffer(s.encode(), np.uint8) == ord("1")
-
-
 def best_alpha(alphas, val):
     """The val-best a of a WiSE-FT path (ties to the larger a: the nearer the fine-tuned model)."""
     return max(range(len(alphas)), key=lambda i: (round(val[i], 12), alphas[i]))
@@ -371,8 +366,8 @@ def beyond(metrics_dir="metrics", per_image_path="plots/robustness/correct.json"
         return None
     per = read_json(per_image_path)
     n = rob["images"]
-    score = {k: _bits(v).reshape(-1, n).mean(0) for k, v in per["corrupted"].items()}  # (n,) share right
-    clean = {k: _bits(v).astype(float) for k, v in per["test"].items()}
+    score = {k: from_bits(v).reshape(-1, n).mean(0) for k, v in per["corrupted"].items()}  # (n,) share right
+    clean = {k: from_bits(v).astype(float) for k, v in per["test"].items()}
     models = {}
     for k, r in rob["models"].items():
         mean, lo, hi = mean_ci(score[k])
@@ -395,7 +390,7 @@ def beyond(metrics_dir="metrics", per_image_path="plots/robustness/correct.json"
                    **{f"end_{s}": acc[s][ends[1]] for s in acc},
                    "interior_beats_ends": {s: bool(inner) and max(acc[s][j] for j in inner) > max(acc[s][j] for j in ends)
                                            for s in acc},
-                   "best_vs_end": compare_paired(_bits(per["path_test"][k][i]), _bits(per["path_test"][k][ends[1]]))}
+                   "best_vs_end": compare_paired(from_bits(per["path_test"][k][i]), from_bits(per["path_test"][k][ends[1]]))}
     return {"images": n, "copies": len(per["corrupted"]["full"]) // n, "corruptions": rob["corruptions"],
             "severities": rob["severities"], "fingerprint": rob["fingerprint"], "models": models, "paired": tests,
             "lora_keeps_more": bool(tests["drop_lora_vs_full"]["significant"]

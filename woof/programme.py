@@ -177,8 +177,9 @@ def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS
     peak memory, nothing leaking between runs), recording each result as it arrives."""
     try:  # a user error stops the programme before any run, instead of failing every run
         base = programme_base()
-        check_prepared(config.parse(base))
-        corrupt.check(config.parse(base).robustness.corruptions, config.parse(base).robustness.severities)
+        cfg = config.parse(base)
+        check_prepared(cfg)
+        corrupt.check(cfg.robustness.corruptions, cfg.robustness.severities)
         for run in todo(read_record(), blocks, rerun, seeds):
             config.parse(run.params(base))
     except UserError as e:

@@ -228,12 +228,17 @@ def write_row(row, path=RECORD):
         df.reindex(columns=COLUMNS).to_csv(tmp, index=False)
 
 
+def from_bits(bits):
+    """A per-image "0110..." string (the details' `correct`) -> bool vector."""
+    return np.frombuffer(bits.encode(), np.uint8) == ord("1")
+
+
 def accuracy_columns(correct, top5):
     """The record's accuracy columns from the per-image 0/1 strings of one run ({split: "0110..."})
     and its top-5 ({split: fraction}, which the strings cannot give)."""
     row = {}
     for split, bits in correct.items():
-        acc, lo, hi = accuracy_ci(np.frombuffer(bits.encode(), np.uint8) == ord("1"))
+        acc, lo, hi = accuracy_ci(from_bits(bits))
         row.update({f"{split}_top1": acc, f"{split}_top1_lo": lo, f"{split}_top1_hi": hi,
                     f"{split}_top5": top5[split], f"{split}_n": len(bits)})
     return row
@@ -249,7 +254,7 @@ def load(path=RECORD, details_dir=DETAILS):
         p = Path(details_dir) / f"{name}.json"
         if p.exists():
             d = read_json(p)
-            correct[name] = {s: (np.frombuffer(c.encode(), np.uint8) == ord("1"), d["files_sha"][s])
+            correct[name] = {s: (from_bits(c), d["files_sha"][s])
                              for s, c in d.get("correct", {}).items()}
     return df, correct
 
