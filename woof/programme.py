@@ -2,7 +2,7 @@
 prepared data, each result kept in a committed record so that it survives the machine.
 
     python -m woof.programme list                      # done, failed and missing runs
-    python -m woof.programme run [BLOCK ...] [--rerun NAME ...] [--commit] [--threads N]
+    python -m woof.programme run [BLOCK|NAME ...] [--rerun NAME ...] [--commit] [--threads N]
     python -m woof.programme adopt                     # record the pipeline's own two trainings
 
 The grid and the record are defined in woof/record.py; the compare stage (`dvc repro compare`)
@@ -263,7 +263,8 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="every run and its status")
     r = sub.add_parser("run", help="run what the record lacks, one at a time")
-    r.add_argument("blocks", nargs="*", help=f"only these blocks: {' '.join(BLOCKS)}")
+    r.add_argument("blocks", nargs="*", metavar="BLOCK|NAME",
+                   help=f"only these blocks ({' '.join(BLOCKS)}) or runs (names as `list` prints them)")
     r.add_argument("--rerun", nargs="+", default=[], metavar="NAME", help="run these again even if recorded")
     r.add_argument("--commit", action="store_true", help="git commit the record after every run")
     r.add_argument("--threads", type=int, help="torch threads per run (default: all cores)")
@@ -274,9 +275,11 @@ def main(argv=None):
     one.add_argument("spec")
     one.add_argument("out")
     args = ap.parse_args(argv)
-    unknown = [b for b in getattr(args, "blocks", []) if b not in BLOCKS]
+    known = set(BLOCKS) | {r.name for r in all_runs(read_record())} if getattr(args, "blocks", None) else set()
+    unknown = [b for b in getattr(args, "blocks", []) if b not in known]
     if unknown:
-        ap.error(f"unknown block(s) {unknown}: choose from {' '.join(BLOCKS)}")
+        ap.error(f"unknown block(s) or run(s) {unknown}: choose from {' '.join(BLOCKS)} "
+                 "or a run name that `python -m woof.programme list` prints")
     if args.cmd == "list":
         record = read_record()
         status = dict(zip(record.name, record.status))

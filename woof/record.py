@@ -179,10 +179,11 @@ def all_runs(record, seeds=SEEDS):
 
 
 def todo(record, blocks=None, rerun=(), seeds=SEEDS):
-    """The runs still to do, in order (EMA and seeds join once their grids are complete)."""
+    """The runs still to do, in order (EMA and seeds join once their grids are complete); `blocks`
+    may name blocks or single runs."""
     done = set(record.name) - set(rerun)
     runs = all_runs(record, seeds)
-    return [r for r in runs if r.name not in done and (not blocks or r.block in blocks)]
+    return [r for r in runs if r.name not in done and (not blocks or r.block in blocks or r.name in blocks)]
 
 
 def still_to_run(record, seeds=SEEDS):
