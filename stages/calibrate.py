@@ -1,34 +1,38 @@
 """Stage calibrate: how well each model's confidence matches its accuracy. The zero-shot head and
-both fine-tuned models on val and test: expected calibration error (calibration.bins bins) and
-NLL before and after temperature scaling fitted on val (metrics/calibration.json), and their
-reliability diagrams (plots/reliability.png). Logic in woof/calibration.py."""
+both fine-tuned models on val and test, from the logits the evaluate stage saved: expected
+calibration error (calibration.bins bins) and NLL before and after temperature scaling fitted on
+val (metrics/calibration.json), and their reliability diagrams (plots/reliability.png). Logic in
+woof/calibration.py."""
+from safetensors.torch import load_file
+
 from woof import calibration, config
-from woof.data import check_splits, load_classes, load_eval_splits
-from woof.errors import InputError, run_stage
-from woof.evaluate import compiled, predict, resolve_precision
+from woof.errors import InputError, reading, run_stage
+from woof.evaluate import evaluation_inputs
 from woof.io import write_json
 from woof.labels import LABELS
-from woof.models import check_model_name, data_config, pipeline_models
+
+LOGITS = "data/logits.safetensors"  # the evaluate stage's: "{split}/{model}" -> (N, C)
 
 
 def main():
     cfg = config.load()
-    check_model_name(cfg.model.name)
-    classes = load_classes("data/prepared/classes.json")
-    splits = load_eval_splits("data/prepared")
-    check_splits(splits, len(classes), cfg.data.image_size)
-    if "test" not in splits:
-        raise InputError("calibrate reports on the test split: set data.split=clean_test and run `dvc repro`")
-    models = pipeline_models(cfg.model, classes, cfg.data.image_size)
-    precision = resolve_precision(cfg.train.precision, "cpu")
-    result = {}
-    for name, model in models.items():
-        forward = compiled(model, cfg.train.compile)
-        logits = {s: predict(model, x, data_config(model, cfg.data.image_size), cfg.evaluate.batch_size,
-                             precision=precision, desc=f"calibrate {name} on {s}", forward=forward)[0].numpy()
-                  for s, (x, _, _) in splits.items()}
-        result[name] = calibration.calibrate(logits, {s: y.numpy() for s, (_, y, _) in splits.items()},
-                                             cfg.calibration.bins)
+    _, splits = evaluation_inputs(cfg, needs_test="calibrate")
+    with reading(LOGITS, "run `dvc repro evaluate`"):
+        logits = load_file(LOGITS)
+    models = {k.split("/")[-1] for k in logits}
+    want = [f"{s}/{m}" for m in LABELS if m in models for s in splits]  # zero-shot, full, LoRA; val, test
+    if not logits or set(logits) != set(want):
+        raise InputError(f"{LOGITS} holds {sorted(logits)}, not each model's {' and '.join(splits)} logits of "
+                         "data/prepared: run `dvc repro evaluate`")
+    by_model = {}
+    for key in want:
+        (split, model), t = key.split("/"), logits[key]
+        if len(t) != len(splits[split][1]):
+            raise InputError(f"{LOGITS} holds {len(t)} {split} logits for the {len(splits[split][1])} images of "
+                             "data/prepared: run `dvc repro evaluate`")
+        by_model.setdefault(model, {})[split] = t.numpy()
+    labels = {s: y.numpy() for s, (_, y, _) in splits.items()}
+    result = {name: calibration.calibrate(out, labels, cfg.calibration.bins) for name, out in by_model.items()}
     write_json("metrics/calibration.json", result)
     calibration.plot(result, "plots/reliability.png", "test", LABELS)
     for name, r in result.items():

@@ -1,32 +1,35 @@
 """Stage evaluate: the zero-shot baseline and both fine-tuned models on every evaluation split
-(val, and test under data.split=clean_test), with confidence intervals and per-image predictions,
-and how far fine-tuning moved the weights from the pretrained ones (metrics/drift.json)."""
+(val, and test under data.split=clean_test), with confidence intervals, per-image predictions and
+logits (data/logits.safetensors, which calibrate reads), and how far fine-tuning moved the weights
+from the pretrained ones (metrics/drift.json)."""
+from safetensors.torch import save_file
 
 from woof import config, drift
-from woof.data import check_splits, load_classes, load_eval_splits
 from woof.errors import capped, run_stage
-from woof.evaluate import evaluate_models, resolve_precision
+from woof.evaluate import evaluate_models, evaluation_inputs, resolve_precision
 from woof.io import atomic_path, write_csv, write_json
-from woof.models import check_model_name, pipeline_models
+from woof.models import pipeline_models
+
 PREDICTIONS = "plots/predictions"  # {split}_{model}.csv: file, actual, predicted (confusion, paired tests)
+LOGITS = "data/logits.safetensors"  # "{split}/{model}": float32 (N, C), the rows of data/prepared/files.json
+
 
 def main():
     cfg = config.load()
-    check_model_name(cfg.model.name)
-    classes = load_classes("data/prepared/classes.json")
-    splits = load_eval_splits("data/prepared")
-    check_splits(splits, len(classes), cfg.data.image_size)
+    classes, splits = evaluation_inputs(cfg)
     # The untrained model whose 10-class head is the ImageNet head restricted to our breeds.
     models = pipeline_models(cfg.model, classes, cfg.data.image_size)
     capped("evaluate.batch_size", cfg.evaluate.batch_size, max(len(s[1]) for s in splits.values()),
            "the images of the largest evaluation split")  # inference batches are never larger anyway
-    metrics, per_class, predictions = evaluate_models(
+    metrics, per_class, predictions, logits = evaluate_models(
         models, splits, [c["name"] for c in classes], cfg.data.image_size, cfg.evaluate.batch_size,
         resolve_precision(cfg.train.precision, "cpu"), cfg.train.compile)
     with atomic_path(PREDICTIONS, is_dir=True) as tmp:
         for split, by_model in predictions.items():
             for method, rows in by_model.items():
                 write_csv(tmp / f"{split}_{method}.csv", rows)
+    with atomic_path(LOGITS) as tmp:
+        save_file({f"{s}/{m}": t.contiguous() for s, by_model in logits.items() for m, t in by_model.items()}, str(tmp))
     write_csv("plots/per_class.csv", per_class)
     write_json("metrics/evaluate.json", metrics)
     # How far each fine-tuning moved the weights from the pretrained model (= the zero-shot one).

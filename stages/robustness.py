@@ -10,11 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from woof import config, corrupt, robustness
-from woof.data import check_splits, load_classes, load_eval_splits
-from woof.errors import InputError, ParamError, reading, run_stage
-from woof.evaluate import resolve_precision
+from woof.errors import ParamError, reading, run_stage
+from woof.evaluate import evaluation_inputs, resolve_precision
 from woof.io import atomic_path, write_json
-from woof.models import check_model_name, pipeline_models
+from woof.models import pipeline_models
 
 OUT = Path("plots/robustness")
 PREDICTIONS = "plots/predictions"  # the evaluate stage's per-image results on val and test
@@ -32,17 +31,12 @@ def evaluated(split, model, files):
 
 def main():
     cfg = config.load()
-    check_model_name(cfg.model.name)
     r = cfg.robustness
     corrupt.check(r.corruptions, r.severities)
     if r.path_severity not in r.severities:
         raise ParamError(f"params.yaml: robustness.path_severity={r.path_severity} must be one of "
                          f"robustness.severities {list(r.severities)}")
-    classes = load_classes("data/prepared/classes.json")
-    splits = load_eval_splits("data/prepared")
-    check_splits(splits, len(classes), cfg.data.image_size)
-    if "test" not in splits:
-        raise InputError("robustness corrupts the clean test split: set data.split=clean_test and run `dvc repro`")
+    classes, splits = evaluation_inputs(cfg, needs_test="robustness")
     models = pipeline_models(cfg.model, classes, cfg.data.image_size)
     clean = {s: {m: evaluated(s, m, files) for m in models} for s, (_, _, files) in splits.items()}
     result, path, per_image = robustness.measure(

@@ -1,7 +1,7 @@
 """Stage visualize_attention: where the pretrained, fully fine-tuned and LoRA ViTs look.
 
 Reads data/prepared/test.safetensors (val.safetensors under data.split=official) + classes.json, the pretrained weights and models/{full,lora};
-writes plots/attention_cls.png, plots/attention_rollout.png and metrics/attention.json.
+writes plots/attention_cls.jpg, plots/attention_rollout.jpg and metrics/attention.json.
 The maps are functions in woof/attention.py; this script only wires them to the pipeline files.
 A model without attention maps (a CNN backbone such as resnet18) gets {"skipped": reason} and
 placeholder figures: the stage still succeeds, so `dvc exp run -S model.name=resnet18` completes.
@@ -18,7 +18,7 @@ from woof.io import write_json
 from woof.models import create_model, data_config, load_model, zero_shot_model
 
 CLASSES = "data/prepared/classes.json"
-PLOTS = {"cls": "plots/attention_cls.png", "rollout": "plots/attention_rollout.png"}
+PLOTS = {"cls": "plots/attention_cls.jpg", "rollout": "plots/attention_rollout.jpg"}
 METRICS = "metrics/attention.json"
 
 

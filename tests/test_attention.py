@@ -125,14 +125,14 @@ def test_choose_images_spread_over_classes():
     assert len(attention.choose_images(labels[:3], 8)) == 3
 
 
-def test_attention_grid_writes_png(tmp_path, models, images):
+def test_attention_grid_writes_the_format_its_suffix_names(tmp_path, models, images):
     uint8 = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
     maps = {name: attention.cls_attention(m, images).mean(1) for name, m in zip(("a", "b"), models)}
     names = ["dingo, warrigal", "beagle"]
     preds = {"a": [("beagle", 0.5), ("beagle", 0.9)], "b": [("dingo, warrigal", 0.7), ("dingo", 0.3)]}
-    path = tmp_path / "grid.png"
-    attention.attention_grid(path, uint8, maps, names, preds, title="test")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name, magic in (("grid.png", b"\x89PNG\r\n\x1a\n"), ("grid.jpg", b"\xff\xd8\xff")):
+        attention.attention_grid(tmp_path / name, uint8, maps, names, preds, title="test")
+        assert (tmp_path / name).read_bytes()[:len(magic)] == magic
     rgb = attention.overlay(uint8[0], maps["a"][0])
     assert rgb.shape == (SIZE, SIZE, 3) and 0 <= rgb.min() and rgb.max() <= 1
 
@@ -157,5 +157,5 @@ def test_stage_skips_a_cnn_backbone(tmp_path, monkeypatch):
                    run_name="__main__")
     assert json.loads((tmp_path / "metrics" / "attention.json").read_text()) == \
         {"skipped": "resnet18 has no attention layers"}
-    for name in ("attention_cls.png", "attention_rollout.png"):
-        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("attention_cls.jpg", "attention_rollout.jpg"):
+        assert (tmp_path / "plots" / name).read_bytes()[:3] == b"\xff\xd8\xff"

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 import yaml
+from PIL import Image
 
 from test_compare import ATTENTION, fabricate
 from woof import compare, document, figures, paper
@@ -32,7 +33,7 @@ def pipeline_outputs(root, **kw):
     run_compare(root)
     figures.pipeline_figures(compare.collect(root / "metrics"), root / "plots", root / "plots", root / "dvclive")
     for name in ("attention_cls", "attention_rollout"):  # stand-ins for visualize_attention's figures
-        shutil.copy(root / "plots" / "compare_params.png", root / "plots" / f"{name}.png")
+        Image.open(root / "plots" / "compare_params.png").convert("RGB").save(root / "plots" / f"{name}.jpg")
     return yaml.safe_load((root / "params.yaml").read_text())
 
 
@@ -121,7 +122,7 @@ def test_setup_attention_and_hardware_in_the_report(tmp_path, monkeypatch):
     assert "Attention statistics over 8 images (test split)" in md
     assert "correlate with the pretrained model's at 0.62 after full fine-tuning and 0.81 after LoRA, so LoRA " \
            "stays closer" in md
-    assert "![Figure 4](plots/attention_cls.png)" in md or "(plots/attention_cls.png)" in md
+    assert "![Figure 4](plots/attention_cls.jpg)" in md or "(plots/attention_cls.jpg)" in md
 
 
 def test_skipped_attention_and_unrecorded_hardware(tmp_path, monkeypatch):
@@ -134,7 +135,7 @@ def test_skipped_attention_and_unrecorded_hardware(tmp_path, monkeypatch):
     build(tmp_path, monkeypatch)
     md = (tmp_path / "report.md").read_text()
     assert "No attention maps were computed: resnet18 has no attention layers." in md
-    assert "attention_cls.png" not in md  # the stage's placeholders are not shown as results
+    assert "attention_cls.jpg" not in md  # the stage's placeholders are not shown as results
     # Said plainly, not guessed: the paper computes nothing, so it does not ask this machine.
     assert "hardware: full fine-tuning on unrecorded hardware, LoRA on unrecorded hardware." in md
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 import woof.models
+from woof.data import load_split
+from woof.evaluate import ranked
 from woof.io import read_live
 from woof.models import load_models
 
@@ -82,6 +85,13 @@ def test_dvc_repro_end_to_end(archive, random_weights, tmp_path):
         assert set(by_split) == {"val", "test"} and by_split["test"]["n"] == 30
         lo, hi = by_split["test"]["top1_ci"]
         assert lo <= by_split["test"]["top1"] <= hi
+    # calibrate reads evaluate's logits instead of computing them again: the same top-1.
+    logits, labels = load_file(str(repo / "data/logits.safetensors")), load_split(repo / "data/prepared/test.safetensors")[1]
+    assert set(logits) == {f"{s}/{m}" for s in ("val", "test") for m in ("zero_shot", "full", "lora")}
+    for m in ("zero_shot", "full", "lora"):
+        top1 = (ranked(logits[f"test/{m}"])[:, 0] == labels).float().mean().item()
+        assert top1 == pytest.approx(evaluation[m]["test"]["top1"])
+    assert set(json.loads((repo / "metrics/calibration.json").read_text())) == {"zero_shot", "full", "lora"}
     compare = json.loads((repo / "metrics/compare.json").read_text())
     paired = compare["paired"]
     assert set(paired) == {"val", "test"} and paired["test"]["lora_vs_full"]["n"] == 30

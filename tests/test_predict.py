@@ -47,17 +47,19 @@ def test_top5_of_every_model_for_odd_sizes_and_the_attention_picture(models_dir,
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["lora"]
 
 
-@pytest.mark.parametrize("case", ["text file", "missing photo", "no models"])
+@pytest.mark.parametrize("case", ["text file", "missing photo", "no models", "attention file"])
 def test_one_line_for_what_is_wrong(models_dir, tmp_path, capsys, case):
     good = photo(tmp_path / "dog.png", (64, 48), "PNG")
     text = tmp_path / "notes.jpg"
     text.write_text("not a picture")
     args = {"text file": [str(text), "--models-dir", str(models_dir)],
             "missing photo": [str(tmp_path / "nope.png"), "--models-dir", str(models_dir)],
-            "no models": [good, "--models-dir", str(tmp_path / "nowhere")]}[case]
+            "no models": [good, "--models-dir", str(tmp_path / "nowhere")],
+            "attention file": [good, "--models-dir", str(tmp_path / "nowhere"), "--attention", "maps.pdf"]}[case]
     with pytest.raises(SystemExit) as ended:
         run_stage(predict.main, args)
     err = capsys.readouterr().err
     assert ended.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert {"text file": "notes.jpg is not an image", "missing photo": "nope.png not found",
-            "no models": "nowhere/full/model.safetensors not found: build the models first"}[case] in err
+            "no models": "nowhere/full/model.safetensors not found: build the models first",
+            "attention file": "--attention maps.pdf: name a .png or .jpg file"}[case] in err

@@ -68,6 +68,9 @@ def test_selection_is_on_val_and_reports_test(tmp_path, monkeypatch):
     assert record.select(df, ("lora-rank",)) is None  # its runs are not recorded yet
     assert record.best(df, "full")["name"] == "full-lr0.001"  # the same rule, complete or not
     assert record.best(df, "lora") is None
+    # Counts stay integers beside the empty cells of rows that lack them.
+    record.write_row({**rows[0], "name": "lora-r8", "overrides": "{}", "corrupted_n": 12500})
+    assert ",12500," in record.RECORD.read_text() and "12500.0" not in record.RECORD.read_text()
 
 
 def test_still_to_run_counts_the_seeds_of_unfinished_grids(monkeypatch):

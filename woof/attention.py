@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from woof.io import pyplot, save_png
+from woof.io import pyplot, save_figure
 
 
 def _attention_modules(model):
@@ -253,11 +253,11 @@ def attention_grid(path, images, maps, true_names, preds, title=""):
     fig.suptitle(f"{title}\n(each map scaled to its own max; bright = more attention)".lstrip("\n"),
                  fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / height))
-    save_png(fig, path, dpi=80)
+    save_figure(fig, path, dpi=80)
 
 
 def placeholder(path, text):
     """A PNG that only says `text`: DVC requires every declared plot, even with nothing to draw."""
     fig = pyplot().figure(figsize=(6, 1.2))
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
-    save_png(fig, path, dpi=80)
+    save_figure(fig, path, dpi=80)

@@ -6,7 +6,7 @@ log-likelihood (scipy), reported on test.
 import numpy as np
 from scipy import optimize, special
 
-from woof.io import pyplot, save_png
+from woof.io import pyplot, save_figure
 
 
 def reliability(probs, labels, bins=15):
@@ -87,4 +87,4 @@ def plot(result, path, split="test", labels=None):
         ax.legend(fontsize=7, loc="upper left")
     axes[0][0].set_ylabel(f"accuracy ({split})")
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)

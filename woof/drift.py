@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from woof.io import pyplot, save_png
+from woof.io import pyplot, save_figure
 
 
 def relative_changes(pretrained, tuned):
@@ -74,4 +74,4 @@ def plot(result, path):
            title="How far fine-tuning moved the pretrained weights")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)

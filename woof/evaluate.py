@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from woof.data import normalize
-from woof.models import data_config
+from woof.data import check_splits, load_classes, load_eval_splits, normalize
+from woof.errors import InputError
+from woof.models import check_model_name, data_config
 from woof.stats import accuracy_ci
 
 
@@ -65,6 +66,19 @@ def autocast(device, precision):
 
 # ---- inference and its metrics
 
+def evaluation_inputs(cfg, needs_test=None, prepared="data/prepared"):
+    """(classes, {split: (images, labels, files)}) of the prepared data, checked against the params
+    (model.name, data.image_size, the class list). needs_test: the stage's name, where it reports
+    on the clean test split that only data.split=clean_test makes."""
+    check_model_name(cfg.model.name)
+    classes = load_classes(f"{prepared}/classes.json")
+    splits = load_eval_splits(prepared)
+    check_splits(splits, len(classes), cfg.data.image_size)
+    if needs_test and "test" not in splits:
+        raise InputError(f"{needs_test} reports on the test split: set data.split=clean_test and run `dvc repro`")
+    return classes, splits
+
+
 @torch.no_grad()
 def predict(model, images, data_cfg, batch_size=128, device="cpu", precision="fp32", desc=None,
             forward=None):
@@ -114,14 +128,15 @@ def evaluate_models(models, splits, class_names, image_size, batch_size=128, pre
     splits: {split: (images uint8 (N, 3, S, S), labels (N,), file names)}.
     -> (metrics {model: {split: metrics}}, per-class rows (split, class, method, accuracy),
         {split: per-image rows (file, actual, predicted) per model}, for confusion matrices and
-        paired tests)."""
-    metrics, per_class, predictions = {}, [], {s: {} for s in splits}
+        paired tests, and {split: {model: float32 logits (N, C)}})."""
+    metrics, per_class, predictions, outputs = {}, [], {s: {} for s in splits}, {s: {} for s in splits}
     for method, model in models.items():
         metrics[method] = {}
         forward = compiled(model, compile)
         for split, (images, labels, files) in splits.items():
             logits, speed = predict(model, images, data_config(model, image_size), batch_size,
                                     precision=precision, desc=f"evaluate {method} on {split}", forward=forward)
+            outputs[split][method] = logits
             metrics[method][split] = {**classification_metrics(logits, labels, ci=True), "images_per_s": speed}
             accs = per_class_accuracy(logits, labels, len(class_names))
             per_class += [{"split": split, "class": n, "method": method, "accuracy": a}
@@ -129,4 +144,4 @@ def evaluate_models(models, splits, class_names, image_size, batch_size=128, pre
             predictions[split][method] = [
                 {"file": f, "actual": class_names[a], "predicted": class_names[p]}
                 for f, a, p in zip(files, labels.tolist(), ranked(logits)[:, 0].tolist())]
-    return metrics, per_class, predictions
+    return metrics, per_class, predictions, outputs

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from woof.errors import reading
-from woof.io import atomic_path, pyplot, read_live, save_png
+from woof.io import atomic_path, pyplot, read_live, save_figure
 
 plt = pyplot()  # Agg before seaborn or pyplot draws anything
 import seaborn as sns  # noqa: E402
@@ -42,7 +42,7 @@ def plot_accuracy(df, path):
            title="ImageWoof top-1 per method and split")
     ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_params(df, path):
@@ -66,7 +66,7 @@ def plot_params(df, path):
            title="Accuracy against trainable parameters")
     ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def load_curves(live_root="dvclive"):
@@ -91,7 +91,7 @@ def plot_curves(curves, path):
     sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.suptitle("Training curves per method (solid: train, dashed: validation)")
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_per_class(per_class, path, split="val"):
@@ -107,7 +107,7 @@ def plot_per_class(per_class, path, split="val"):
            title=f"Per-class {SPLIT_NAMES[split]} accuracy ({len(d) // max(1, d.method.nunique())} classes)")
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, title=None)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the programme
@@ -156,7 +156,7 @@ def plot_frontier(df, path):
            title="Accuracy against trainable parameters (every run, full training set)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_rank_lr(df, path):
@@ -184,7 +184,7 @@ def plot_rank_lr(df, path):
     b.set(xlabel="learning rate (log scale)", ylabel="top-1 (%)", title="Full fine-tuning: learning rate")
     b.legend(fontsize=8)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_fractions(df, refs, path):
@@ -200,7 +200,7 @@ def plot_fractions(df, refs, path):
            title="How much data does pretraining save?")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_freeze(df, refs, blocks, path):
@@ -216,7 +216,7 @@ def plot_freeze(df, refs, blocks, path):
            title="Partial freezing")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cost(df, path):
@@ -232,7 +232,7 @@ def plot_cost(df, path):
     axes[0].legend(fontsize=8)
     fig.suptitle("What each run cost")
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def _ok(df, blocks=None):

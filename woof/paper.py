@@ -679,20 +679,22 @@ def seeds_cell(s):
 
 
 def readme_block(results_path="metrics/compare.json"):
-    """The answer in one short table for README.md: each method's val-best run, its clean-test
-    top-1 with CI and seeds, and the paired test between LoRA and full fine-tuning."""
+    """The answer in one short table for README.md: each method's val-best run (marked provisional
+    while its grid is incomplete), its clean-test top-1 with CI and seeds, and the paired tests
+    between LoRA and full fine-tuning and of the second round."""
     res = read_json(results_path)
     prog = res.get("programme")
     if not prog or not prog.get("best"):
         return "No programme record yet: `make programme` runs it, `dvc repro paper` then fills this table.\n"
+    sr = prog.get("second_round") or {}
+    partial = {fam: f" (provisional: {r['ok']} of {r['of']} runs)"
+               for fam, r in sr.get("recorded", {}).items() if r["ok"] < r["of"]}
     rows = ["| method | val-best run | val top-1 | clean-test top-1 [95 % CI] | over seeds | trainable |",
             "|---|---|---:|---:|---:|---:|"]
     for fam, b in prog["best"].items():
-        s = b["seeds"]
-        rows.append(f"| {label(fam)} | `{b['name']}` | {pct(b['val_top1'])} | "
+        rows.append(f"| {label(fam)}{partial.get(fam, '')} | `{b['name']}` | {pct(b['val_top1'])} | "
                     f"{pct_ci(b['test_top1'], b['test_top1_lo'], b['test_top1_hi'])} | "
-                    f"{seeds_cell(s)} | "
-                    f"{count(b['trainable_params'])} |")
+                    f"{seeds_cell(b['seeds'])} | {count(b['trainable_params'])} |")
     zs = prog["zero_shot"]
     rows.append(f"| zero-shot | `zero-shot` | {pct(zs['val_top1'])} | "
                 f"{pct_ci(zs['test_top1'], zs['test_top1_lo'], zs['test_top1_hi'])} | - | 0 |")
@@ -704,12 +706,16 @@ def readme_block(results_path="metrics/compare.json"):
                         f"{count(b['trainable_params'])} |")
     text = [f"{prog['runs']['ok']} runs of the programme (selection on val, numbers on the "
             f"{count(res['data'].get('test_images', 0))} clean test images):", "", *rows, ""]
-    t = prog.get("lora_vs_full")
-    if t:
-        text.append(f"LoRA against full fine-tuning, paired on the same test images: {points(t['difference'])} points "
-                    f"[{points(t['difference_ci'][0])}, {points(t['difference_ci'][1])}], McNemar "
-                    f"{pvalue(t['p_value'])}: {'significant' if t['significant'] else 'not significant'} at 5 %.")
-    return "\n".join(text) + "\n"
+    tests = [("lora", "full", prog.get("lora_vs_full"))]
+    tests += [(*key.split("_vs_"), t) for key, t in sr.get("paired", {}).items()]
+    tests = [f"- {label(a)} against {label(b)}: {_difference(t)}, "
+             f"{'significant' if t['significant'] else 'not significant'} at 5 %." for a, b, t in tests if t]
+    if tests:
+        text += ["Val-best against val-best, paired on the same test images:", "", *tests, ""]
+    if sr.get("llrd_changes_verdict") is not None:
+        text.append("Layer decay " + ("changes" if sr["llrd_changes_verdict"] else "does not change")
+                    + " the verdict between LoRA and full fine-tuning" + (" (provisional)." if "llrd" in partial else "."))
+    return "\n".join(text).rstrip("\n") + "\n"
 
 
 def write_readme(readme="README.md", results_path="metrics/compare.json"):

@@ -96,10 +96,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m woof.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("photos", nargs="+", help="JPEG or PNG files, any size")
     ap.add_argument("--model", choices=[*METHODS, "all"], default="all")
-    ap.add_argument("--attention", metavar="OUT.png", help="write the photos with each model's attention map")
+    ap.add_argument("--attention", metavar="OUT.png", help="write the photos with each model's attention map (.png or .jpg)")
     ap.add_argument("--top", type=int, default=5, help="how many breeds to list")
     ap.add_argument("--models-dir", default=None, help="the folder holding full/ and lora/ (default: models/)")
     args = ap.parse_args(argv)
+    if args.attention and Path(args.attention).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ParamError(f"--attention {args.attention}: name a .png or .jpg file to write the maps to")
     photos = [load_photo(p) for p in args.photos]  # a bad file fails before any model loads
     methods = METHODS if args.model == "all" else (args.model,)
     models = load(methods, args.models_dir)

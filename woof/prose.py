@@ -117,8 +117,8 @@ def attention(ctx):
     blocks = [Heading("Attention")]
     if att is None or "skipped" in att:
         return blocks + [Para("No attention maps were computed" + (f": {att['skipped']}." if att else "."))]
-    maps = [(plots / f"{k}.png").as_posix() for k in ("attention_cls", "attention_rollout")
-            if (plots / f"{k}.png").exists()]
+    maps = [(plots / f"{k}.jpg").as_posix() for k in ("attention_cls", "attention_rollout")
+            if (plots / f"{k}.jpg").exists()]
     if maps:
         blocks.append(Figure(maps, "Where the models look on clean test images. Left: last-layer CLS attention (mean "
                                    "over heads); right: gradient-weighted attention rollout for the true class. "

@@ -206,6 +206,9 @@ COLUMNS = ["name", "block", "method", "overrides", "status", "error",
            "git_rev", "hardware", "finished"]
 
 
+COUNTS = ["val_n", "test_n", "corrupted_n", "train_images", "trainable_params", "total_params", "epochs"]
+
+
 def read_record(path=RECORD):
     """The record as a DataFrame (empty when there is none yet); a garbled file is one error line."""
     if not Path(path).exists():
@@ -225,8 +228,9 @@ def write_row(row, path=RECORD):
     order = {r.name: i for i, r in enumerate(programme())}
     df["_order"] = [order.get(n, len(order)) for n in df.name]
     df = df.sort_values(["_order", "name"], kind="stable").drop(columns="_order")
+    df = df.reindex(columns=COLUMNS).astype({c: "Int64" for c in COUNTS})  # 12500, not 12500.0 beside empty cells
     with atomic_path(path) as tmp:
-        df.reindex(columns=COLUMNS).to_csv(tmp, index=False)
+        df.to_csv(tmp, index=False)
 
 
 def from_bits(bits):

@@ -9,7 +9,7 @@ import torch
 from woof import corrupt
 from woof.drift import interpolate
 from woof.evaluate import compiled, evaluate_models, predict, ranked
-from woof.io import pyplot, save_png
+from woof.io import pyplot, save_figure
 from woof.labels import LABELS
 from woof.models import data_config
 
@@ -34,7 +34,7 @@ def measure(models, splits, clean, class_names, rcfg, image_size, batch_size, pr
     correctness {"corrupted": {model: bits}, "test": ..., "path_test": {model: [bits per alpha]}})."""
     images, labels, files = splits["test"]
     corrupted = corrupt.corrupted_split(images, labels, files, rcfg.corruptions, rcfg.severities, rcfg.seed)
-    _, _, predictions = evaluate_models(models, {"corrupted": corrupted}, class_names, image_size, batch_size,
+    _, _, predictions, _ = evaluate_models(models, {"corrupted": corrupted}, class_names, image_size, batch_size,
                                         precision, compile)
     right = {**clean, "corrupted": {m: correct_of(rows) for m, rows in predictions["corrupted"].items()}}
     shape = (len(rcfg.corruptions), len(rcfg.severities), len(files))  # the corrupted split's order
@@ -109,7 +109,7 @@ def plot_severity(result, path):
         ax.set_xticks(sev)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_path(result, path):
@@ -128,4 +128,4 @@ def plot_path(result, path):
     axes[0][0].set_ylabel("top-1")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
