@@ -370,6 +370,12 @@ ROWS = [
     ("visualize_attention", write("data/prepared/classes.json", '["n02086240"]'), "data/prepared/classes.json cannot be read"),
     ("evaluate", write("data/prepared/files.json", '{"val": [], "test": []}'), "lists 0 val files for the 20 images"),
     ("train full", "data.image_size=48", "data/prepared/train.safetensors holds 35 px images, but data.image_size=48"),
+    # data/logits.safetensors (the evaluate stage's, which calibrate reads)
+    ("calibrate", lambda p: None, "data/logits.safetensors not found: run `dvc repro evaluate`"),
+    ("calibrate", lambda p: save_file({"val/full": torch.zeros(3, 10), "test/full": torch.zeros(30, 10)},
+                                      str(p / "data/logits.safetensors")), "holds 3 val logits for the 20 images"),
+    ("calibrate", lambda p: save_file({"val/full": torch.zeros(20, 10)}, str(p / "data/logits.safetensors")),
+     "holds ['val/full'], not each model's val and test logits"),
     # models/{full,lora}
     ("evaluate", remove("models/full/model.safetensors"), "models/full/model.safetensors not found"),
     ("evaluate", cut("models/lora/model.safetensors"), "models/lora/model.safetensors cannot be read"),
