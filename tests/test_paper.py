@@ -218,6 +218,26 @@ def test_readme_results_block_is_the_committed_answer():
         "README.md's results block is stale: run `dvc repro paper` (or `make paper`)"
 
 
+def test_readme_block_marks_incomplete_grids_and_lists_every_paired_test(tmp_path):
+    """On the committed answer with its grids declared incomplete, then complete."""
+    from conftest import ROOT
+    res = json.loads((ROOT / "metrics" / "compare.json").read_text())
+    prog = res.get("programme") or {}
+    if not {"llrd", "dora"} <= set(prog.get("best", {})):
+        pytest.skip("the committed record has no layer-decay and DoRA runs yet")
+    sr, path = prog["second_round"], tmp_path / "compare.json"
+    for llrd, dora in (((3, 4), (6, 6)), ((4, 4), (6, 6))):
+        sr["recorded"] = {"llrd": dict(zip(("ok", "of"), llrd)), "dora": dict(zip(("ok", "of"), dora))}
+        path.write_text(json.dumps(res))
+        block = paper.readme_block(path)
+        assert ("layer decay (provisional: 3 of 4 runs) | `" in block) == (llrd == (3, 4))
+        assert "DoRA (provisional" not in block
+        assert block.endswith("LoRA and full fine-tuning (provisional).\n" if llrd == (3, 4) else
+                              "LoRA and full fine-tuning.\n")
+        assert block.count("\n- ") == 1 + len(sr["paired"]) + bool(prog["cnn"].get("lora_vs_full"))
+        assert "- CNN LoRA against CNN full fine-tuning: " in block
+
+
 def test_write_readme_rewrites_only_the_block(tmp_path):
     pipeline_outputs(tmp_path)
     readme = tmp_path / "README.md"

@@ -706,10 +706,11 @@ def readme_block(results_path="metrics/compare.json"):
                         f"{count(b['trainable_params'])} |")
     text = [f"{prog['runs']['ok']} runs of the programme (selection on val, numbers on the "
             f"{count(res['data'].get('test_images', 0))} clean test images):", "", *rows, ""]
-    tests = [("lora", "full", prog.get("lora_vs_full"))]
-    tests += [(*key.split("_vs_"), t) for key, t in sr.get("paired", {}).items()]
-    tests = [f"- {label(a)} against {label(b)}: {_difference(t)}, "
-             f"{'significant' if t['significant'] else 'not significant'} at 5 %." for a, b, t in tests if t]
+    tests = [("", "lora", "full", prog.get("lora_vs_full"))]
+    tests += [("", *key.split("_vs_"), t) for key, t in sr.get("paired", {}).items()]
+    tests += [("CNN ", "lora", "full", (cnn or {}).get("lora_vs_full"))]
+    tests = [f"- {(on + label(a))[0].upper()}{(on + label(a))[1:]} against {on}{label(b)}: {_difference(t)}, "
+             f"{'significant' if t['significant'] else 'not significant'} at 5 %." for on, a, b, t in tests if t]
     if tests:
         text += ["Val-best against val-best, paired on the same test images:", "", *tests, ""]
     if sr.get("llrd_changes_verdict") is not None:
