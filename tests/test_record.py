@@ -87,8 +87,9 @@ def test_still_to_run_counts_the_seeds_of_unfinished_grids(monkeypatch):
     assert len(record.todo(partial)) == 3 + extra
     assert record.still_to_run(partial) == 3 + 2 * extra
     assert record.still_to_run(rec([r.name for r in RUNS])) == 2 * extra
-    # A run's name selects like a block, and a recorded run is not selected again.
-    assert [r.name for r in record.todo(rec([]), ["lora-r8", "zero-shot"])] == ["zero-shot", "lora-r8"]
+    # A run's name selects like a block, in the order asked; a recorded run is not selected again.
+    assert [r.name for r in record.todo(rec([]), ["lora-r8", "baseline"])] == ["lora-r8", "zero-shot"]
+    assert [r.name for r in record.todo(rec([]), ["full-lr0.001", "full-lr"])] == ["full-lr0.001", "full-lr5e-05"]
     assert record.todo(partial, ["lora-r8"]) == []
 
 

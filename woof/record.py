@@ -180,10 +180,15 @@ def all_runs(record, seeds=SEEDS):
 
 def todo(record, blocks=None, rerun=(), seeds=SEEDS):
     """The runs still to do, in order (EMA and seeds join once their grids are complete); `blocks`
-    may name blocks or single runs."""
+    may name blocks or single runs, and they run in the order named: `dora-r32-lr0.0001 dora` runs
+    that one first, then the rest of its block in grid order."""
     done = set(record.name) - set(rerun)
-    runs = all_runs(record, seeds)
-    return [r for r in runs if r.name not in done and (not blocks or r.block in blocks or r.name in blocks)]
+    runs = [r for r in all_runs(record, seeds) if r.name not in done]
+    if not blocks:
+        return runs
+    asked = list(blocks)
+    runs = [r for r in runs if r.block in asked or r.name in asked]
+    return sorted(runs, key=lambda r: min(asked.index(x) for x in (r.name, r.block) if x in asked))
 
 
 def still_to_run(record, seeds=SEEDS):
