@@ -222,7 +222,8 @@ def overlay(image, attn_map, alpha=0.5, cmap="inferno"):
 
 
 def attention_grid(path, images, maps, true_names, preds, title=""):
-    """Write a PNG: rows = images, columns = input | one per model (overlaid maps).
+    """Write a figure (PNG or JPEG, by the path's suffix): rows = images, columns = input | one
+    per model (overlaid maps).
 
     images: uint8 (B, 3, H, W); maps: {model: (B, h, w)}; true_names: B class names, or None
     for photos of unknown breed (woof.predict); preds: {model: list of B (predicted name,
@@ -257,7 +258,7 @@ def attention_grid(path, images, maps, true_names, preds, title=""):
 
 
 def placeholder(path, text):
-    """A PNG that only says `text`: DVC requires every declared plot, even with nothing to draw."""
+    """A figure that only says `text`: DVC requires every declared plot, even with nothing to draw."""
     fig = pyplot().figure(figsize=(6, 1.2))
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
     save_figure(fig, path, dpi=80)

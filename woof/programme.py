@@ -275,8 +275,8 @@ def main(argv=None):
     one.add_argument("spec")
     one.add_argument("out")
     args = ap.parse_args(argv)
-    known = set(BLOCKS) | {r.name for r in all_runs(read_record())} if getattr(args, "blocks", None) else set()
-    unknown = [b for b in getattr(args, "blocks", []) if b not in known]
+    asked = getattr(args, "blocks", [])
+    unknown = [b for b in asked if b not in set(BLOCKS) | {r.name for r in all_runs(read_record())}] if asked else []
     if unknown:
         ap.error(f"unknown block(s) or run(s) {unknown}: choose from {' '.join(BLOCKS)} "
                  "or a run name that `python -m woof.programme list` prints")
