@@ -173,3 +173,27 @@ def test_missing_data_stops_before_any_run(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="data/prepared/files.json not found: run `dvc repro preprocess`"):
         programme.run_programme()
     assert not (tmp_path / "metrics" / "experiments.csv").exists()  # nothing recorded as failed
+
+
+def test_git_rev_is_the_code_not_the_record_commits(tmp_path, monkeypatch):
+    """A run records the commit of the code it ran: the record's own commits on top (the runner's
+    --commit) do not change it, an uncommitted edit of the code marks it dirty."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)
+    git("init", "-q")
+    (tmp_path / "woof").mkdir()
+    (tmp_path / "woof" / "x.py").write_text("a = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "code")
+    code = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "experiments.csv").write_text("name\n")
+    git("add", "-A")
+    git("commit", "-qm", "record")
+    assert programme._git_rev() == code != git("rev-parse", "--short", "HEAD")
+    (tmp_path / "woof" / "x.py").write_text("a = 2\n")
+    assert programme._git_rev() == code + "+dirty"

@@ -52,13 +52,18 @@ def programme_base():
 
 # ------------------------------------------------------------------ one run (in its own process)
 
+CODE = ["woof", "stages", "params.yaml"]  # what a run's numbers depend on, besides the data
+
+
 def _git_rev():
+    """The commit of the code a run ran: the last one that touched CODE (the record's own commits
+    on top of it change nothing), +dirty when CODE has uncommitted edits."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        rev = subprocess.run(["git", "log", "-1", "--format=%h", "--", *CODE], capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "woof", "stages"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *CODE],
                                capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
+        return (rev or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
