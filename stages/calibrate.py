@@ -8,17 +8,15 @@ from safetensors.torch import load_file
 from woof import calibration, config
 from woof.errors import InputError, reading, run_stage
 from woof.evaluate import evaluation_inputs
-from woof.io import write_json
+from woof.io import LOGITS, write_json
 from woof.labels import LABELS
-
-LOGITS = "data/logits.safetensors"  # the evaluate stage's: "{split}/{model}" -> (N, C)
 
 
 def main():
     cfg = config.load()
     _, splits = evaluation_inputs(cfg, needs_test="calibrate")
     with reading(LOGITS, "run `dvc repro evaluate`"):
-        logits = load_file(LOGITS)
+        logits = load_file(str(LOGITS))
     models = {k.split("/")[-1] for k in logits}
     want = [f"{s}/{m}" for m in LABELS if m in models for s in splits]  # zero-shot, full, LoRA; val, test
     if not logits or set(logits) != set(want):

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from woof import compare, figures, record
 from woof.errors import run_stage
-from woof.io import atomic_path, load_params, write_json
+from woof.io import PREDICTIONS, atomic_path, load_params, write_json
 
 
 def main():
     df, correct = record.load() if record.RECORD.exists() else (None, None)
-    results = compare.build("metrics", "plots/predictions", load_params(), df, correct)
+    results = compare.build("metrics", PREDICTIONS, load_params(), df, correct)
     figures.pipeline_figures(compare.collect("metrics"), plots_dir="plots", out_dir="plots")
     if results["programme"]:
         figures.programme_figures(df, results["programme"], "plots/programme")

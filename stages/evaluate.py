@@ -7,11 +7,8 @@ from safetensors.torch import save_file
 from woof import config, drift
 from woof.errors import capped, run_stage
 from woof.evaluate import evaluate_models, evaluation_inputs, resolve_precision
-from woof.io import atomic_path, write_csv, write_json
+from woof.io import LOGITS, PREDICTIONS, atomic_path, write_csv, write_json
 from woof.models import pipeline_models
-
-PREDICTIONS = "plots/predictions"  # {split}_{model}.csv: file, actual, predicted (confusion, paired tests)
-LOGITS = "data/logits.safetensors"  # "{split}/{model}": float32 (N, C), the rows of data/prepared/files.json
 
 
 def main():

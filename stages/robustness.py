@@ -5,23 +5,20 @@ robustness.alphas on val, clean test and the corrupted test images (metrics/inte
 Clean results are the evaluate stage's (plots/predictions). Per-image correctness
 (plots/robustness/correct.json) is what compare's paired tests read; the
 figures are plots/robustness/{severity,path}.png. Logic in woof/robustness.py, woof/corrupt.py."""
-from pathlib import Path
-
 import pandas as pd
 
 from woof import config, corrupt, robustness
 from woof.errors import ParamError, reading, run_stage
 from woof.evaluate import evaluation_inputs, resolve_precision
-from woof.io import atomic_path, write_json
+from woof.io import CORRUPTED, PREDICTIONS, atomic_path, write_json
 from woof.models import pipeline_models
 
-OUT = Path("plots/robustness")
-PREDICTIONS = "plots/predictions"  # the evaluate stage's per-image results on val and test
+OUT = CORRUPTED.parent  # correct.json, severity.png, path.png
 
 
 def evaluated(split, model, files):
     """Which images of `split` the evaluate stage found `model` right on, in `files` order."""
-    path = Path(PREDICTIONS) / f"{split}_{model}.csv"
+    path = PREDICTIONS / f"{split}_{model}.csv"
     with reading(path, "run `dvc repro evaluate`"):
         rows = pd.read_csv(path)
         if rows.file.tolist() != list(files):
@@ -43,7 +40,7 @@ def main():
         models, splits, clean, [c["name"] for c in classes], r, cfg.data.image_size, cfg.evaluate.batch_size,
         resolve_precision(cfg.train.precision, "cpu"), cfg.train.compile)
     with atomic_path(OUT, is_dir=True) as tmp:
-        write_json(tmp / "correct.json", per_image)
+        write_json(tmp / CORRUPTED.name, per_image)
         robustness.plot_severity(result, tmp / "severity.png")
         robustness.plot_path(path, tmp / "path.png")
     write_json("metrics/robustness.json", result)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import ttest_ind_from_stats
 
-from woof.io import read_json
+from woof.io import CORRUPTED, PREDICTIONS, read_json
 from woof.labels import LABELS, count, mean_std
 from woof.record import (FAMILIES, all_runs, best, cnn_kind, family, from_bits, programme, reference_runs,
                          still_to_run, val_best)
@@ -353,7 +353,7 @@ def best_alpha(alphas, val):
     return max(range(len(alphas)), key=lambda i: (round(val[i], 12), alphas[i]))
 
 
-def beyond(metrics_dir="metrics", per_image_path="plots/robustness/correct.json"):
+def beyond(metrics_dir="metrics", per_image_path=CORRUPTED):
     """Robustness, calibration and the WiSE-FT path of the pipeline's models, with their paired
     tests; None before the robustness and calibrate stages have run.
 
@@ -428,8 +428,8 @@ def _clean(x):
     return x
 
 
-def build(metrics_dir="metrics", predictions_dir="plots/predictions", params=None, record=None, correct=None,
-          robustness_path="plots/robustness/correct.json"):
+def build(metrics_dir="metrics", predictions_dir=PREDICTIONS, params=None, record=None, correct=None,
+          robustness_path=CORRUPTED):
     """Everything the paper states, as one JSON-ready dict (metrics/compare.json). record and
     correct: woof.record.load's (None: no programme)."""
     m = Path(metrics_dir)

@@ -9,6 +9,11 @@ from pathlib import Path
 
 from woof.errors import InputError, reading
 
+# Where a stage leaves what later stages read (dvc.yaml declares the same paths).
+PREDICTIONS = Path("plots/predictions")  # evaluate's {split}_{model}.csv: file, actual, predicted
+LOGITS = Path("data/logits.safetensors")  # evaluate's "{split}/{model}": float32 (N, C), rows of files.json
+CORRUPTED = Path("plots/robustness/correct.json")  # robustness's per-image correctness on ImageWoof-C
+
 
 @contextlib.contextmanager
 def atomic_path(path, is_dir=False):

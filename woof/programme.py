@@ -36,7 +36,7 @@ from woof import config, corrupt, lora
 from woof.data import load_classes, load_eval_splits, load_split, preprocess, sha256_file, stratified_subset
 from woof.errors import InputError, ParamError, UserError
 from woof.evaluate import evaluate_models, resolve_precision
-from woof.io import load_params, machine, read_json, read_live, write_json
+from woof.io import PREDICTIONS, load_params, machine, read_json, read_live, write_json
 from woof.models import create_model, data_config, pretrained_weights, zero_shot_model
 from woof.record import (BLOCKS, DETAILS, RECORD, SEEDS, Run, accuracy_columns, all_runs, base_params, programme,
                          read_record, still_to_run, todo, write_row)
@@ -228,11 +228,11 @@ def run_programme(blocks=None, rerun=(), commit=False, threads=None, seeds=SEEDS
                            check=False)
 
 
-def adopt(metrics_dir="metrics", plots_dir="plots", live_root="dvclive"):
+def adopt(metrics_dir="metrics", predictions_dir=PREDICTIONS, live_root="dvclive"):
     """Record the pipeline's own trainings (train_full, train_lora at params.yaml's values) as the
     programme runs with the same configuration, instead of training them again: full-lr5e-05 and
     lora-r8 under fp32 eager, fast-full and fast-lora under the throughput defaults. Their
-    per-image predictions come from plots/predictions/."""
+    per-image predictions are the evaluate stage's (woof.io.PREDICTIONS)."""
     pipeline, base = load_params(), programme_base()
     check_prepared(config.parse(pipeline))
     classes = load_classes(PREPARED / "classes.json")
@@ -253,7 +253,7 @@ def adopt(metrics_dir="metrics", plots_dir="plots", live_root="dvclive"):
                "epochs": train.get("epochs"), **provenance(config.parse(pipeline)),
                "git_rev": _git_rev() + " (dvc repro)",
                "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        predictions = {split: pd.read_csv(Path(plots_dir) / "predictions" / f"{split}_{method}.csv").to_dict("records")
+        predictions = {split: pd.read_csv(Path(predictions_dir) / f"{split}_{method}.csv").to_dict("records")
                        for split in ev[method]}
         details = {"name": name, "overrides": run.overrides, "history": history, **per_image(predictions, classes)}
         row.update(accuracy_columns(details["correct"], {s: m["top5"] for s, m in ev[method].items()}))
