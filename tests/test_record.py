@@ -211,8 +211,9 @@ def test_the_cnn_backbone_is_selected_on_val_and_paired_on_test():
 
 
 def test_ema_and_seeds_join_once_their_grids_are_complete():
-    """The EMA run repeats the val-best layer-decay configuration with full.ema_decay; it and the
-    seeds of a family exist only once that family's grid is complete (selection on val)."""
+    """The EMA run repeats the val-best layer-decay configuration with full.ema_decay; it exists once
+    that grid is complete, and layer decay's seeds once the EMA run is recorded too: they rerun the
+    val-best of the grid and the EMA run (selection on val)."""
     llrd = [r for r in record.programme() if r.block == "full-llrd"]
     rows = [dict(name=r.name, block=r.block, method="full", status="ok", val_top1=0.9 + 0.01 * i,
                  trainable_params=1.0) for i, r in enumerate(llrd)]
@@ -222,9 +223,16 @@ def test_ema_and_seeds_join_once_their_grids_are_complete():
     ema, = record.ema_runs(complete)
     best = llrd[-1]  # the highest val top-1
     assert ema.name == f"{best.name}-ema" and ema.overrides == {**best.overrides, "full.ema_decay": record.EMA_DECAY}
-    seeds = [r for r in record.seed_runs(complete) if r.name.startswith(best.name)]
-    assert [r.overrides["full.seed"] for r in seeds] == [1, 2] and ema in record.all_runs(complete)
-    assert record.still_to_run(complete) < record.still_to_run(partial)
+    assert ema in record.all_runs(complete) and not any("llrd" in r.name for r in record.seed_runs(complete))
+    # one grid run fewer: the EMA run and layer decay's seeds were counted before they were known
+    assert record.still_to_run(complete) == record.still_to_run(partial) - 1
+    for ema_val, seeded in ((0.5, best), (0.99, ema)):  # the EMA run below, then above, the grid's val-best
+        done = pd.concat([complete, pd.DataFrame([dict(name=ema.name, block=ema.block, method="full", status="ok",
+                                                       val_top1=ema_val, trainable_params=1.0)])])
+        seeds = [r for r in record.seed_runs(done) if "llrd" in r.name]
+        assert [r.name for r in seeds] == [f"{seeded.name}-seed{s}" for s in (1, 2)]
+        assert [r.overrides for r in seeds] == [{**seeded.overrides, "full.seed": s} for s in (1, 2)]
+        assert record.still_to_run(done) == record.still_to_run(complete) - 1
 
 
 def test_second_round_pairs_layer_decay_and_dora_with_the_first_round():

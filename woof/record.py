@@ -144,11 +144,13 @@ def extra_seeds(seeds):
 
 
 def seed_runs(record, seeds=SEEDS):
-    """The val-best configuration of each SEEDED family at `seeds`; none until its grid is complete."""
-    by_name = {r.name: r for r in programme()}
+    """The val-best configuration of each SEEDED family at `seeds`; none until its grid is complete
+    (layer decay's grid includes its EMA run, which may be the val-best configuration)."""
+    configs = programme() + ema_runs(record)
+    by_name = {r.name: r for r in configs}
     runs = []
     for fam in SEEDED:
-        best = select(record, FAMILIES[fam])
+        best = select(record, FAMILIES[fam], configs)
         if best is None:
             continue
         base = by_name[best["name"]]
@@ -193,9 +195,12 @@ def todo(record, blocks=None, rerun=(), seeds=SEEDS):
 
 def still_to_run(record, seeds=SEEDS):
     """How many runs the programme still lacks, counting the seeds of grids not yet complete."""
-    def pending(fam):  # a grid of the programme that is not complete yet
-        return any(r.block in FAMILIES[fam] for r in programme()) and select(record, FAMILIES[fam]) is None
-    unknown = sum(pending(m) for m in SEEDED) * len(extra_seeds(seeds)) + pending("llrd")  # + its EMA run
+    configs = programme() + ema_runs(record)
+
+    def pending(fam):  # a grid of the programme (with its EMA run, once known) that is not complete yet
+        return any(r.block in FAMILIES[fam] for r in configs) and select(record, FAMILIES[fam], configs) is None
+    ema_unknown = pending("llrd") and not ema_runs(record)
+    unknown = sum(pending(m) for m in SEEDED) * len(extra_seeds(seeds)) + ema_unknown
     return len(todo(record, seeds=seeds)) + unknown
 
 
@@ -283,8 +288,9 @@ def best(record, fam):
     return val_best(record[record.block.isin(FAMILIES[fam])])
 
 
-def select(record, blocks):
-    """The val-best run of `blocks`, or None while any run of those blocks is still missing."""
-    names = {r.name for r in programme() if r.block in blocks}
+def select(record, blocks, runs=None):
+    """The val-best run of `blocks`, or None while any run of those blocks is still missing (`runs`:
+    the runs to consider, by default the grid, programme())."""
+    names = {r.name for r in (programme() if runs is None else runs) if r.block in blocks}
     d = record[record.name.isin(names)]
     return val_best(d) if len(d) == len(names) else None
