@@ -256,3 +256,25 @@ def test_second_round_pairs_layer_decay_and_dora_with_the_first_round():
     text = paper.second_round_paragraph({"second_round": compare._clean(sr), "best": best})[0].text
     assert "`full-llrd0.75-lr0.0001`" in text and "1 of 4 runs recorded; the val-best so far is provisional" in text
     assert "DoRA: none of its 6 runs is recorded yet" in text and "Layer decay changes the verdict" in text
+
+
+@pytest.mark.parametrize("ema_val, helps", [(190, True), (185, False)])
+def test_the_ema_run_is_weighed_on_val_against_the_run_it_repeats(ema_val, helps):
+    """Once layer decay's grid and its EMA run are recorded, compare says whether the EMA helps on
+    val (a tie does not), pairs it on test with the run it repeats, and the paper words it."""
+    n = 200
+    llrd = [r.name for r in record.programme() if r.block == "full-llrd"]
+    right = {name: (182 + i, 170) for i, name in enumerate(llrd)}  # the last is the grid's val-best: 185 right
+    ema, = record.ema_runs(pd.DataFrame([dict(name=k, block="full-llrd", status="ok", val_top1=v / n, trainable_params=1.0)
+                                         for k, (v, _) in right.items()]))
+    right[ema.name] = (ema_val, 176)
+    df = pd.DataFrame([dict(name=k, block="full-llrd", method="full", status="ok", val_top1=v / n, test_top1=t / n,
+                            test_top1_lo=0.0, test_top1_hi=1.0, trainable_params=1.0) for k, (v, t) in right.items()])
+    correct = {k: {"val": (np.arange(n) < v, "f"), "test": (np.arange(n) < t, "f")} for k, (v, t) in right.items()}
+    e = compare.ema_effect(df, correct)
+    assert (e["name"], e["base"], e["helps_on_val"]) == (ema.name, llrd[-1], helps)
+    assert (e["val_top1"], e["base_val_top1"]) == (ema_val / n, 185 / n) and e["vs_base"]["a_only"] == 6
+    assert (record.best(df, "llrd")["name"] == ema.name) == helps  # the family's val-best follows the same rule
+    text = paper.ema_sentence(json.loads(json.dumps(compare._clean(e))))
+    assert f"`{ema.name}`" in text and ("helps on val" if helps else "does not help on val") in text
+    assert compare.ema_effect(df[df.name != ema.name], correct) is None  # not recorded yet

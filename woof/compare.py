@@ -17,8 +17,8 @@ from scipy.stats import ttest_ind_from_stats
 
 from woof.io import CORRUPTED, PREDICTIONS, read_json
 from woof.labels import LABELS, count, mean_std
-from woof.record import (FAMILIES, all_runs, best, cnn_kind, family, from_bits, programme, reference_runs,
-                         still_to_run, val_best)
+from woof.record import (FAMILIES, all_runs, best, cnn_kind, ema_runs, family, from_bits, programme,
+                         reference_runs, select, still_to_run, val_best)
 from woof.stats import ALPHA, compare_paired, mcnemar, mean_ci, paired_scores
 
 NAN = float("nan")
@@ -266,8 +266,24 @@ def second_round(df, correct, best_runs, lora_vs_full):
     tests = {f"{a}_vs_{b}": paired(correct, names[a], names[b]) for a, b in SECOND_PAIRS if a in names and b in names}
     after = tests.get("lora_vs_llrd")
     return {"recorded": {fam: {"ok": sum(n in ok for n in g), "of": len(g)} for fam, g in grids.items()},
-            "paired": tests,
+            "paired": tests, "ema": ema_effect(df, correct),
             "llrd_changes_verdict": None if not (lora_vs_full and after) else _says(lora_vs_full) != _says(after)}
+
+
+def ema_effect(df, correct):
+    """The EMA run against the layer-decay run whose configuration it repeats: whether the EMA
+    helps on val (where it is chosen) and, paired on the clean test images, what it changes; None
+    until the EMA run is recorded."""
+    ema = ema_runs(df)
+    rows = df[df.status == "ok"].set_index("name")
+    if not ema or ema[0].name not in rows.index:
+        return None
+    base = select(df, FAMILIES["llrd"])["name"]
+    e, b = numbers(rows.loc[ema[0].name]), numbers(rows.loc[base])
+    return {"name": ema[0].name, "base": base, "decay": ema[0].overrides["full.ema_decay"],
+            **{k: e[k] for k in ("val_top1", "test_top1", "test_top1_lo", "test_top1_hi")},
+            "base_val_top1": b["val_top1"], "base_test_top1": b["test_top1"],
+            "helps_on_val": e["val_top1"] > b["val_top1"], "vs_base": paired(correct, ema[0].name, base)}
 
 
 def _says(t):

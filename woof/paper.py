@@ -331,10 +331,22 @@ def second_round_paragraph(prog):
         part += "".join(f"; against {who}'s val-best, {_difference(t)}" if who else
                         f"; LoRA against it, {_difference(t)}" for t, who in tests if t)
         text.append(part + ".")
+        if fam == "llrd" and sr.get("ema"):
+            text.append(ema_sentence(sr["ema"]))
     if sr.get("llrd_changes_verdict") is not None:
         text.append("Layer decay " + ("changes" if sr["llrd_changes_verdict"] else "does not change")
                     + " the verdict between LoRA and full fine-tuning.")
     return [Para(" ".join(text))]
+
+
+def ema_sentence(e):
+    """What an EMA of the weights did to the val-best layer-decay configuration."""
+    verdict = ("helps on val, so it is layer decay's val-best configuration" if e["helps_on_val"] else
+               "does not help on val, so the val-best stays the run without it")
+    return (f"The same configuration with an EMA of its weights (decay {e['decay']:g}, `{e['name']}`) reaches "
+            f"{pct(e['val_top1'], 2)} on val against {pct(e['base_val_top1'], 2)} without, and "
+            f"{pct_ci(e['test_top1'], e['test_top1_lo'], e['test_top1_hi'])} on the clean test split: the EMA {verdict}"
+            + (f"; paired against the run without it, {_difference(e['vs_base'])}." if e.get("vs_base") else "."))
 
 
 def method_costs_table(costs):
