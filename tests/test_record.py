@@ -278,3 +278,27 @@ def test_the_ema_run_is_weighed_on_val_against_the_run_it_repeats(ema_val, helps
     text = paper.ema_sentence(json.loads(json.dumps(compare._clean(e))))
     assert f"`{ema.name}`" in text and ("helps on val" if helps else "does not help on val") in text
     assert compare.ema_effect(df[df.name != ema.name], correct) is None  # not recorded yet
+
+
+def test_the_abstract_states_the_second_round():
+    """The abstract's and conclusion's second-round sentence: layer decay (with its EMA when that won
+    on val) and DoRA against the first round, the CNN's verdict, provisional while runs are missing."""
+    def t(a_only, b_only, significant=False):
+        return {"a_only": a_only, "b_only": b_only, "difference": (a_only - b_only) / 500, "significant": significant,
+                "difference_ci": [-0.01, 0.03], "p_value": 0.016 if significant else 0.5}
+    sr = {"paired": {"llrd_vs_full": t(8, 1, True), "lora_vs_llrd": t(1, 5), "dora_vs_lora": t(0, 0)},
+          "ema": {"helps_on_val": True}, "llrd_changes_verdict": False,
+          "recorded": {"llrd": {"ok": 5, "of": 5}, "dora": {"ok": 6, "of": 6}}}
+    prog = {"second_round": sr, "best": {"llrd": {"test_top1": 0.91}},
+            "cnn": {"lora_vs_full": t(3, 5), "vit_verdict_holds": True}}
+    text = paper.second_round_sentence({"prog": prog})
+    assert text.startswith(" Full fine-tuning with layer-wise learning-rate decay and an EMA of its weights") and "91.0 %" in text
+    assert "+1.4 points" in text and "p = 0.016" in text and "layer decay does not change the verdict" in text
+    assert "DoRA and LoRA are right on exactly the same test images" in text and "the same verdict" in text
+    assert "provisional" not in text and text.endswith(".")
+    sr["recorded"]["dora"]["ok"], sr["ema"]["helps_on_val"], sr["paired"]["dora_vs_lora"] = 5, False, t(2, 0)
+    text = paper.second_round_sentence({"prog": prog})
+    assert "EMA" not in text and "DoRA against LoRA: +0.4 points" in text and "(provisional" in text
+    assert paper.second_round_sentence({"prog": {"best": {}}}) == ""  # no second round yet
+    prog["second_round"] = {}
+    assert paper.second_round_sentence({"prog": prog}).startswith(" On a CNN, MobileOne-S0")

@@ -108,6 +108,12 @@ REFERENCES = {
                                title="On Calibration of Modern Neural Networks", booktitle="ICML", year="2017"),
     "wortsman2022robust": dict(kind="inproceedings", author="Wortsman, Mitchell and Ilharco, Gabriel and Kim, Jong Wook and Li, Mike and Kornblith, Simon and Roelofs, Rebecca and others",
                                title="Robust Fine-Tuning of Zero-Shot Models", booktitle="CVPR", year="2022"),
+    "bao2022beit": dict(kind="inproceedings", author="Bao, Hangbo and Dong, Li and Piao, Songhao and Wei, Furu",
+                        title="{BEiT}: {BERT} Pre-Training of Image Transformers", booktitle="ICLR", year="2022"),
+    "liu2024dora": dict(kind="inproceedings", author="Liu, Shih-Yang and Wang, Chien-Yi and Yin, Hongxu and Molchanov, Pavlo and Wang, Yu-Chiang Frank and Cheng, Kwang-Ting and Chen, Min-Hung",
+                        title="{DoRA}: Weight-Decomposed Low-Rank Adaptation", booktitle="ICML", year="2024"),
+    "vasu2023mobileone": dict(kind="inproceedings", author="Vasu, Pavan Kumar Anasosalu and Gabriel, James and Zhu, Jeff and Tuzel, Oncel and Ranjan, Anurag",
+                              title="{MobileOne}: An Improved One Millisecond Mobile Backbone", booktitle="CVPR", year="2023"),
     "loshchilov2019adamw": dict(kind="inproceedings", author="Loshchilov, Ilya and Hutter, Frank", title="Decoupled Weight Decay Regularization",
                                 booktitle="ICLR", year="2019"),
 }

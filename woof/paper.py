@@ -78,6 +78,7 @@ def abstract(ctx):
             f"{pct_ci(lora['test_top1'], lora['test_top1_lo'], lora['test_top1_hi'])} clean-test top-1 against "
             f"{pct_ci(full['test_top1'], full['test_top1_lo'], full['test_top1_hi'])} for full fine-tuning, and "
             f"{_verdict(t)}. {seeds_sentence(lora, full, ctx)}{zero_shot_sentence(ctx)} {lora_size_sentence(lora, ctx)}"
+            f"{second_round_sentence(ctx)}"
             f"{provenance_sentence(ctx)}{beyond_sentence(ctx)}")
 
 
@@ -105,6 +106,33 @@ def seeds_sentence(lora, full, ctx):
     ml, mf = sl["test_top1"], sf["test_top1"]
     return (f"Over {sl['n']} and {sf['n']} seeds the two score {mean_std(ml)} % and {mean_std(mf)} % on clean test "
             f"(Welch's t-test between the seed means: {pvalue(p)}). ")
+
+
+def second_round_sentence(ctx):
+    """The second round for the abstract and the conclusion: full fine-tuning with layer decay and
+    DoRA against the first round's val-best runs, and LoRA against full on the CNN ("" before any
+    of their runs)."""
+    prog = ctx["prog"] or {}
+    sr, best, cnn = prog.get("second_round") or {}, prog.get("best", {}), prog.get("cnn") or {}
+    tests, said = sr.get("paired", {}), []
+    if tests.get("llrd_vs_full") and tests.get("lora_vs_llrd"):
+        ema = " and an EMA of its weights" if (sr.get("ema") or {}).get("helps_on_val") else ""
+        said.append(f"Full fine-tuning with layer-wise learning-rate decay{ema}, the standard ViT recipe, reaches "
+                    f"{pct(best['llrd']['test_top1'])}, {_difference(tests['llrd_vs_full'])} against plain full "
+                    f"fine-tuning; LoRA against it: {_difference(tests['lora_vs_llrd'])}, so layer decay "
+                    + ("changes" if sr.get("llrd_changes_verdict") else "does not change") + " the verdict")
+    t = tests.get("dora_vs_lora")
+    if t:
+        said.append("DoRA and LoRA are right on exactly the same test images" if t["a_only"] == t["b_only"] == 0
+                    else f"DoRA against LoRA: {_difference(t)}")
+    if cnn.get("lora_vs_full"):
+        said.append(f"on a CNN, MobileOne-S0, LoRA against full fine-tuning: {_difference(cnn['lora_vs_full'])}, "
+                    + ("the same verdict" if cnn.get("vit_verdict_holds") else "another verdict than the ViT's"))
+    if not said:
+        return ""
+    partial = any(r["ok"] < r["of"] for r in sr.get("recorded", {}).values())
+    said[0] = said[0][0].upper() + said[0][1:]
+    return " " + "; ".join(said) + (" (provisional: not every run of the second round is recorded)" if partial else "") + "."
 
 
 def lora_size_sentence(lora, ctx):
@@ -315,7 +343,8 @@ def second_round_paragraph(prog):
     if not sr:
         return []
     text = ["**The second round.** Two objections to the first: that full fine-tuning of a ViT is run with layer-wise "
-            "learning-rate decay (and often an EMA of its weights), and that DoRA is the stronger low-rank method."]
+            "learning-rate decay [@bao2022beit] (and often an EMA of its weights), and that DoRA [@liu2024dora] is the "
+            "stronger low-rank method."]
     for fam, vs in (("llrd", (("llrd_vs_full", "plain full fine-tuning"), ("lora_vs_llrd", None))),
                     ("dora", (("dora_vs_lora", "LoRA"), ("dora_vs_full", "full fine-tuning"),
                               ("dora_vs_llrd", "full fine-tuning with layer decay")))):
@@ -372,7 +401,7 @@ def cnn_paragraph(cnn):
     if not cnn or not cnn["best"]:
         return []
     zs = cnn["zero_shot"]
-    text = [f"**A CNN backbone.** MobileOne-S0 (fused, 224 px; LoRA on its 1x1 convolutions) starts at "
+    text = [f"**A CNN backbone.** MobileOne-S0 [@vasu2023mobileone] (fused, 224 px; LoRA on its 1x1 convolutions) starts at "
             f"{pct_ci(zs['test_top1'], zs['test_top1_lo'], zs['test_top1_hi'])} zero-shot on the clean test split "
             f"(val {pct(zs['val_top1'], 2)})"
             + (f"; {cnn['runs']['ok']} of its runs are recorded, {cnn['runs']['missing']} still to run." if cnn["runs"]["missing"]
@@ -677,7 +706,8 @@ def conclusion(ctx):
     return [Heading("Conclusion"),
             Para(f"On ImageWoof with ViT-Tiny, LoRA ({pct(lora['test_top1'])} clean-test top-1) and full fine-tuning "
                  f"({pct(full['test_top1'])}) end {'close' if t is None or not t['significant'] else 'apart'}: {_verdict(t)}. "
-                 f"{seeds_sentence(lora, full, ctx)}{lora_size_sentence(lora, ctx)} The pipeline that produced these numbers reruns "
+                 f"{seeds_sentence(lora, full, ctx)}{lora_size_sentence(lora, ctx)}{second_round_sentence(ctx)} "
+                 "The pipeline that produced these numbers reruns "
                  "with one command, and every sentence above follows them.")]
 
 
