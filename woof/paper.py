@@ -108,6 +108,11 @@ def seeds_sentence(lora, full, ctx):
             f"(Welch's t-test between the seed means: {pvalue(p)}). ")
 
 
+def changes_verdict(sr):
+    """Whether layer decay changes the LoRA-vs-full verdict, as the abstract, section 5 and the README say it."""
+    return ("changes" if sr.get("llrd_changes_verdict") else "does not change") + " the verdict"
+
+
 def second_round_sentence(ctx):
     """The second round for the abstract and the conclusion: full fine-tuning with layer decay and
     DoRA against the first round's val-best runs, and LoRA against full on the CNN ("" before any
@@ -120,7 +125,7 @@ def second_round_sentence(ctx):
         said.append(f"Full fine-tuning with layer-wise learning-rate decay{ema}, the standard ViT recipe, reaches "
                     f"{pct(best['llrd']['test_top1'])}, {_difference(tests['llrd_vs_full'])} against plain full "
                     f"fine-tuning; LoRA against it: {_difference(tests['lora_vs_llrd'])}, so layer decay "
-                    + ("changes" if sr.get("llrd_changes_verdict") else "does not change") + " the verdict")
+                    + changes_verdict(sr))
     t = tests.get("dora_vs_lora")
     if t:
         said.append("DoRA and LoRA are right on exactly the same test images" if t["a_only"] == t["b_only"] == 0
@@ -363,8 +368,7 @@ def second_round_paragraph(prog):
         if fam == "llrd" and sr.get("ema"):
             text.append(ema_sentence(sr["ema"]))
     if sr.get("llrd_changes_verdict") is not None:
-        text.append("Layer decay " + ("changes" if sr["llrd_changes_verdict"] else "does not change")
-                    + " the verdict between LoRA and full fine-tuning.")
+        text.append(f"Layer decay {changes_verdict(sr)} between LoRA and full fine-tuning.")
     return [Para(" ".join(text))]
 
 
@@ -756,8 +760,8 @@ def readme_block(results_path="metrics/compare.json"):
     if tests:
         text += ["Val-best against val-best, paired on the same test images:", "", *tests, ""]
     if sr.get("llrd_changes_verdict") is not None:
-        text.append("Layer decay " + ("changes" if sr["llrd_changes_verdict"] else "does not change")
-                    + " the verdict between LoRA and full fine-tuning" + (" (provisional)." if "llrd" in partial else "."))
+        text.append(f"Layer decay {changes_verdict(sr)} between LoRA and full fine-tuning"
+                    + (" (provisional)." if "llrd" in partial else "."))
     return "\n".join(text).rstrip("\n") + "\n"
 
 

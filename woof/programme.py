@@ -127,7 +127,7 @@ def run_one(run, device="cpu"):
         splits["corrupted"] = corrupt.corrupted_split(*splits["test"], r.corruptions, r.severities, r.seed)
         corrupted_sha = corrupt.fingerprint(splits["corrupted"][0])
     ev, _, predictions, _ = evaluate_models({run.method: model.cpu()}, splits, [c["name"] for c in classes],
-                                         size, cfg.evaluate.batch_size, precision, cfg.train.compile)
+                                            size, cfg.evaluate.batch_size, precision, cfg.train.compile)
     row = {"name": run.name, "block": run.block, "method": run.method,
            "overrides": json.dumps(run.overrides, sort_keys=True), "status": "ok", "error": "",
            "train_images": n_train, "train_minutes": metrics.get("train_minutes"),

@@ -35,7 +35,7 @@ def measure(models, splits, clean, class_names, rcfg, image_size, batch_size, pr
     images, labels, files = splits["test"]
     corrupted = corrupt.corrupted_split(images, labels, files, rcfg.corruptions, rcfg.severities, rcfg.seed)
     _, _, predictions, _ = evaluate_models(models, {"corrupted": corrupted}, class_names, image_size, batch_size,
-                                        precision, compile)
+                                           precision, compile)
     right = {**clean, "corrupted": {m: correct_of(rows) for m, rows in predictions["corrupted"].items()}}
     shape = (len(rcfg.corruptions), len(rcfg.severities), len(files))  # the corrupted split's order
     table = {m: right["corrupted"][m].reshape(shape) for m in models}
