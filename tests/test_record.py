@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT
 from woof import compare, paper, prose, record
-from woof.io import write_json
+from woof.io import at, write_json
 from woof.stats import accuracy_ci
 
 RUNS = [record.Run("zero-shot", "baseline", "zero_shot"),
@@ -302,3 +302,30 @@ def test_the_abstract_states_the_second_round():
     assert paper.second_round_sentence({"prog": {"best": {}}}) == ""  # no second round yet
     prog["second_round"] = {}
     assert paper.second_round_sentence({"prog": prog}).startswith(" On a CNN, MobileOne-S0")
+
+
+def test_the_answers_tests_are_corrected_together_and_the_paper_says_which_survive():
+    """LoRA against full, the second round's tests and the CNN's are the answer's family: compare
+    adds Holm's p to each in place, and the limitations, the README list and every sentence that
+    calls one of them significant give the corrected p beside the raw one."""
+    def t(p):
+        return {"p_value": p, "significant": p < 0.05, "difference": 0.01, "difference_ci": [0.0, 0.02]}
+    prog = {"lora_vs_full": t(0.45), "second_round": {"paired": {"llrd_vs_full": t(0.004), "lora_vs_llrd": t(0.02)}},
+            "cnn": {"lora_vs_full": t(0.81)}}
+    paths = compare.answer_tests(prog)
+    assert paths == ["lora_vs_full", "second_round.paired.llrd_vs_full", "second_round.paired.lora_vs_llrd",
+                     "cnn.lora_vs_full"]
+    # sorted 0.004, 0.02, 0.45, 0.81 times 4, 3, 2, 1 -> 0.016, 0.06, 0.9, 0.81 -> running max 0.9
+    sr = prog["second_round"]["paired"]
+    assert [at(prog, p)["p_holm"] for p in paths] == pytest.approx([0.9, 0.016, 0.06, 0.9])
+    assert sr["llrd_vs_full"]["significant_holm"] and not sr["lora_vs_llrd"]["significant_holm"]
+    assert {at(prog, p)["family"] for p in paths} == {4}
+    text, = prose.multiplicity_limitation({**prog, "answer_tests": paths})
+    assert "rests on 4 paired tests" in text
+    assert "full fine-tuning with layer decay against full fine-tuning goes from p = 0.004 to p = 0.016, still" in text
+    assert "LoRA against full fine-tuning with layer decay goes from p = 0.02 to p = 0.06, no longer significant" in text
+    assert "p = 0.06 after Holm's correction for the 4 tests" in paper._difference(sr["lora_vs_llrd"])
+    assert "Holm" not in paper._difference(prog["lora_vs_full"])  # not significant alone: nothing to correct
+    prog = {"lora_vs_full": t(0.45), "second_round": {"paired": {}}, "cnn": None}  # one test, no CNN
+    assert compare.answer_tests(prog) == ["lora_vs_full"] and prog["lora_vs_full"]["p_holm"] == pytest.approx(0.45)
+    assert prose.multiplicity_limitation({**prog, "answer_tests": ["lora_vs_full"]}) == []

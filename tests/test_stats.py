@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from woof.stats import accuracy_ci, compare_paired, mcnemar, paired_difference_ci
+from woof.stats import accuracy_ci, compare_paired, holm, mcnemar, paired_difference_ci
 
 
 def pair(both_right, a_only, b_only, both_wrong):
@@ -61,3 +61,12 @@ def test_paired_bootstrap_interval_matches_the_normal_approximation():
 def test_unpaired_inputs_are_refused():
     with pytest.raises(ValueError, match="one value per image"):
         mcnemar([1, 0, 1], [1, 0])
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.02, 0.04, 0.5 times 4, 3, 2, 1 -> 0.04, 0.06, 0.08, 0.5; then running max
+    assert holm([0.04, 0.5, 0.01, 0.02]) == pytest.approx([0.08, 0.5, 0.04, 0.06])
+    assert holm([0.03, 0.011]) == pytest.approx([0.03, 0.022])  # the step-down keeps order: max(0.022, 0.03)
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # made monotone: never below a smaller p's
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.016]) == pytest.approx([0.016])  # one test: nothing to adjust

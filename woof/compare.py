@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import ttest_ind_from_stats
 
-from woof.io import CORRUPTED, PREDICTIONS, read_json
+from woof.io import CORRUPTED, PREDICTIONS, at, read_json
 from woof.labels import LABELS, count, mean_std
 from woof.record import (FAMILIES, all_runs, best, cnn_kind, ema_runs, family, from_bits, programme,
                          reference_runs, select, still_to_run, val_best)
-from woof.stats import ALPHA, compare_paired, mcnemar, mean_ci, paired_scores
+from woof.stats import ALPHA, compare_paired, holm, mcnemar, mean_ci, paired_scores
 
 NAN = float("nan")
 PIPELINE = ("zero_shot", "full", "lora")
@@ -286,6 +286,18 @@ def ema_effect(df, correct):
             "helps_on_val": e["val_top1"] > b["val_top1"], "vs_base": paired(correct, ema[0].name, base)}
 
 
+def answer_tests(prog):
+    """The paired tests the answer rests on, val-best against val-best on the clean test images:
+    LoRA against full, the second round's and LoRA against full on the CNN. Made together, they
+    are also read with Holm's correction: each gets `p_holm`, `significant_holm` and `family` (how
+    many were made) in place. -> their paths in the programme's results, in the order reports list them."""
+    paths = ["lora_vs_full", *(f"second_round.paired.{k}" for k in prog["second_round"]["paired"]), "cnn.lora_vs_full"]
+    tests = {p: t for p in paths if (t := at(prog, p))}
+    for t, p_adj in zip(tests.values(), holm([t["p_value"] for t in tests.values()])):
+        t.update(p_holm=p_adj, significant_holm=p_adj < ALPHA, family=len(tests))
+    return list(tests)
+
+
 def _says(t):
     """What a sentence says of a paired test: (significant, which way when it is)."""
     return t["significant"], (t["difference"] > 0) if t["significant"] else None
@@ -324,6 +336,7 @@ def summarize(df, correct, params, blocks):
     out["throughput_defaults"] = throughput_defaults(df, correct, refs)
     out["cnn"] = cnn_summary(df, correct, out["lora_vs_full"])
     out["second_round"] = second_round(df, correct, out["best"], out["lora_vs_full"])
+    out["answer_tests"] = answer_tests(out)
     run = df.set_index("name")
     out["blocks"] = blocks
     out["freezing"] = [{"frozen_blocks": k, "name": n, **numbers(run.loc[n]),

@@ -48,6 +48,13 @@ def write_json(path, obj):
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def at(results, path):
+    """The entry at a dotted path ("cnn.lora_vs_full") of a results dict; None where a step is missing."""
+    for key in path.split("."):
+        results = (results or {}).get(key)
+    return results
+
+
 def read_json(path):
     path = Path(path)
     if not path.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from woof.document import Doc, Figure, Heading, Para, Table
 from woof.prose import attention, introduction, limitations, method, related_work, setup
-from woof.io import atomic_path, read_json
+from woof.io import at, atomic_path, read_json
 from woof.labels import SPLIT_NAMES, count, label, mean_std, pct, pct_ci, points, pvalue
 
 # ---------------------------------------------------------------- the content
@@ -272,7 +272,16 @@ def programme_results(ctx):
 
 def _difference(t):
     lo, hi = t["difference_ci"]
-    return f"{100 * t['difference']:+.1f} points (95 % CI {100 * lo:+.1f} to {100 * hi:+.1f}, McNemar {pvalue(t['p_value'])})"
+    return (f"{100 * t['difference']:+.1f} points (95 % CI {100 * lo:+.1f} to {100 * hi:+.1f}, McNemar "
+            f"{pvalue(t['p_value'])}{holm_note(t)})")
+
+
+def holm_note(t):
+    """A significant answer test's p after Holm's correction for the tests made with it (compare's
+    answer_tests); "" for any other test, whose p Holm can only raise."""
+    if not t.get("significant") or "p_holm" not in t:
+        return ""
+    return f"; {pvalue(t['p_holm'])} after Holm's correction for the {t['family']} tests of the answer"
 
 
 def freezing_paragraph(points):
@@ -752,11 +761,14 @@ def readme_block(results_path="metrics/compare.json"):
                         f"{count(b['trainable_params'])} |")
     text = [f"{prog['runs']['ok']} runs of the programme (selection on val, numbers on the "
             f"{count(res['data'].get('test_images', 0))} clean test images):", "", *rows, ""]
-    tests = [("", "lora", "full", prog.get("lora_vs_full"))]
-    tests += [("", *key.split("_vs_"), t) for key, t in sr.get("paired", {}).items()]
-    tests += [("CNN ", "lora", "full", (cnn or {}).get("lora_vs_full"))]
-    tests = [f"- {(on + label(a))[0].upper()}{(on + label(a))[1:]} against {on}{label(b)}: {_difference(t)}, "
-             f"{'significant' if t['significant'] else 'not significant'} at 5 %." for on, a, b, t in tests if t]
+    tests = []
+    for path in prog.get("answer_tests", []):
+        t, on = at(prog, path), "CNN " if path.startswith("cnn.") else ""
+        a, b = path.split(".")[-1].split("_vs_")
+        verdict = ("not significant at 5 %" if not t["significant"] else
+                   "significant at 5 %" + ("" if t["significant_holm"] else ", not after the correction"))
+        tests.append(f"- {(on + label(a))[0].upper()}{(on + label(a))[1:]} against {on}{label(b)}: {_difference(t)}, "
+                     f"{verdict}.")
     if tests:
         text += ["Val-best against val-best, paired on the same test images:", "", *tests, ""]
     if sr.get("llrd_changes_verdict") is not None:

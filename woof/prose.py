@@ -2,7 +2,8 @@
 attention section and the limitations. Their few numbers come from the compare stage's results
 (the `ctx` woof.paper.build makes); woof.paper words the answer and assembles the document."""
 from woof.document import Bullets, Equation, Figure, Heading, Para, Table
-from woof.labels import count, pct
+from woof.io import at
+from woof.labels import count, label, pct, pvalue
 
 
 def hardware(r):
@@ -175,9 +176,9 @@ def selection_limitation(prog):
 
 def limitations(ctx):
     return [Heading("Limitations"),
-            Bullets([*selection_limitation(ctx["prog"]),
-                     "One dataset of ten similar classes and one small backbone: larger ViTs and datasets further from "
-                     "ImageNet may rank the methods differently.",
+            Bullets([*selection_limitation(ctx["prog"]), *multiplicity_limitation(ctx["prog"]),
+                     "One dataset of ten similar classes and two small backbones, ViT-Tiny and the CNN MobileOne-S0: "
+                     "larger ViTs and datasets further from ImageNet may rank the methods differently.",
                      f"The clean test split has {count(ctx['data'].get('test_images', ctx['r']['full']['n']))} images, so its "
                      "95 % intervals are about ±2 points wide; differences smaller than that are not resolved.",
                      "Training and timing are on a two-core CPU; speed ratios on a GPU differ. Training minutes are "
@@ -186,3 +187,20 @@ def limitations(ctx):
                      "The backbone has seen the train and validation images during pretraining; the clean test split "
                      "removes that from the reported numbers but not from training.",
                      "Attention statistics are computed on a handful of images."])]
+
+
+def multiplicity_limitation(prog):
+    """How the answer's paired tests read when corrected for being made together (compare's
+    answer_tests, Holm): which of those significant at 5 % alone stay so (none before two tests)."""
+    tests = [(path, at(prog, path)) for path in (prog or {}).get("answer_tests", [])]
+    if len(tests) < 2:
+        return []
+    sig = [(path, t) for path, t in tests if t["significant"]]
+    text = (f"The answer rests on {len(tests)} paired tests of val-best configurations, each read at the 5 % level "
+            "on its own; made together, one of them could pass by chance alone. ")
+    if not sig:
+        return [text + "None is significant even so, and correcting for the number of tests can only raise p."]
+    said = [f"{'on the CNN, ' if path.startswith('cnn.') else ''}{label(a)} against {label(b)} goes from "
+            f"{pvalue(t['p_value'])} to {pvalue(t['p_holm'])}, {'still' if t['significant_holm'] else 'no longer'} "
+            "significant" for path, t in sig for a, b in [path.split(".")[-1].split("_vs_")]]
+    return [text + f"After Holm's correction for the {len(tests)}: " + "; ".join(said) + "."]

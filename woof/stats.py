@@ -88,6 +88,18 @@ def paired_scores(score_a, score_b, alpha=ALPHA, resamples=BOOTSTRAP_RESAMPLES, 
             "p_value": float(p), "significant": bool(p < alpha)}
 
 
+def holm(p_values):
+    """Holm's step-down adjustment of p-values tested together: the k-th smallest is multiplied by
+    (m - k + 1), then made non-decreasing in that order. Comparing the adjusted p to ALPHA keeps the
+    chance of any false "significant" among the m tests at ALPHA. -> adjusted p's, in input order."""
+    p = np.asarray(p_values, np.float64)
+    order = np.argsort(p)
+    step = np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p))))
+    out = np.empty_like(p)
+    out[order] = np.minimum(step, 1.0)
+    return out.tolist()
+
+
 def _paired(correct_a, correct_b):
     a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
