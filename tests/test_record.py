@@ -329,3 +329,23 @@ def test_the_answers_tests_are_corrected_together_and_the_paper_says_which_survi
     prog = {"lora_vs_full": t(0.45), "second_round": {"paired": {}}, "cnn": None}  # one test, no CNN
     assert compare.answer_tests(prog) == ["lora_vs_full"] and prog["lora_vs_full"]["p_holm"] == pytest.approx(0.45)
     assert prose.multiplicity_limitation({**prog, "answer_tests": ["lora_vs_full"]}) == []
+
+
+@pytest.mark.parametrize("apart, alike", [(1, True), (20, False)])
+def test_dora_and_lora_are_compared_seed_by_seed(apart, alike):
+    """Each DoRA run against the LoRA run of the same seed, on the same images: the paper gives the
+    most images on which exactly one is right, and calls them practically one model only within 1 %."""
+    n = 500
+    lora = ["lora-r32", "lora-r32-seed1", "lora-r32-seed2"]
+    dora = ["dora-r32-seed2", "dora-r32", "dora-r32-seed1"]  # the record's order need not be the seeds'
+    right = {name: np.arange(n) < 450 for name in lora}
+    right["dora-r32"] = right["dora-r32-seed1"] = np.arange(n) < 450
+    right["dora-r32-seed2"] = np.arange(n) < 450 + apart  # apart images more than LoRA at seed 2
+    correct = {k: {"val": (v, "f"), "test": (v, "f")} for k, v in right.items()}
+    pairs = compare.by_seed(correct, dora, lora)
+    assert [p["seed"] for p in pairs] == [2, 0, 1]
+    assert [(p["test"]["a_only"], p["test"]["b_only"]) for p in pairs] == [(apart, 0), (0, 0), (0, 0)]
+    assert compare.by_seed(correct, dora, lora[:1]) == [compare.by_seed(correct, dora, lora)[1]]  # only seed 0 pairs
+    text = paper.same_seed_sentence(json.loads(json.dumps(compare._clean(pairs))))
+    assert f"right on at most {apart} of the 500 test images and {apart} of the 500 val images, over their 3 seeds" in text
+    assert ("DoRA is practically LoRA" in text) == alike

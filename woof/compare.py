@@ -265,9 +265,20 @@ def second_round(df, correct, best_runs, lora_vs_full):
     grids = {fam: [r.name for r in all_runs(df) if r.block in FAMILIES[fam]] for fam in SECOND}
     tests = {f"{a}_vs_{b}": paired(correct, names[a], names[b]) for a, b in SECOND_PAIRS if a in names and b in names}
     after = tests.get("lora_vs_llrd")
+    dora, lora = (best_runs.get(fam, {}).get("seeds", {}).get("runs", []) for fam in ("dora", "lora"))
     return {"recorded": {fam: {"ok": sum(n in ok for n in g), "of": len(g)} for fam, g in grids.items()},
-            "paired": tests, "ema": ema_effect(df, correct),
+            "paired": tests, "ema": ema_effect(df, correct), "dora_vs_lora_by_seed": by_seed(correct, dora, lora),
             "llrd_changes_verdict": None if not (lora_vs_full and after) else _says(lora_vs_full) != _says(after)}
+
+
+def by_seed(correct, a_runs, b_runs):
+    """Two configurations' runs at the same seed, on the same images: the images each gets right
+    alone, per split and seed; how alike the two methods train, beyond the val-best pair's test."""
+    def seed(name):  # seed 0 is the grid run; record.seed_runs names the others <name>-seed<k>
+        return int(name.rsplit("-seed", 1)[1]) if "-seed" in name else 0
+    b_at = {seed(n): n for n in b_runs}
+    return [{"seed": seed(a), **{s: paired(correct, a, b_at[seed(a)], s) for s in ("val", "test")}}
+            for a in a_runs if seed(a) in b_at]
 
 
 def ema_effect(df, correct):

@@ -374,11 +374,24 @@ def second_round_paragraph(prog):
         part += "".join(f"; against {who}'s val-best, {_difference(t)}" if who else
                         f"; LoRA against it, {_difference(t)}" for t, who in tests if t)
         text.append(part + ".")
+        if fam == "dora" and len(sr.get("dora_vs_lora_by_seed") or []) > 1:
+            text.append(same_seed_sentence(sr["dora_vs_lora_by_seed"]))
         if fam == "llrd" and sr.get("ema"):
             text.append(ema_sentence(sr["ema"]))
     if sr.get("llrd_changes_verdict") is not None:
         text.append(f"Layer decay {changes_verdict(sr)} between LoRA and full fine-tuning.")
     return [Para(" ".join(text))]
+
+
+def same_seed_sentence(pairs):
+    """How far DoRA and LoRA at the same seed disagree, image by image (compare's by_seed)."""
+    most = {s: max(p[s]["a_only"] + p[s]["b_only"] for p in pairs) for s in ("val", "test")}
+    n = {s: pairs[0][s]["n"] for s in ("val", "test")}
+    alike = all(most[s] <= 0.01 * n[s] for s in most)  # 1 % of the images: far inside either interval
+    return (f"Trained with the same seed, exactly one of DoRA and LoRA is right on at most {most['test']} of the "
+            f"{count(n['test'])} test images and {most['val']} of the {count(n['val'])} val images, over their "
+            f"{len(pairs)} seeds" + (": at this rank and learning rate DoRA is practically LoRA, image by image."
+                                     if alike else "."))
 
 
 def ema_sentence(e):
