@@ -15,6 +15,14 @@ WNIDS = ["n02086240", "n02087394", "n02088364", "n02089973", "n02093754",
          "n02096294", "n02099601", "n02105641", "n02111889", "n02115641"]
 
 
+@pytest.fixture(autouse=True)
+def no_mirrors_from_the_shell(monkeypatch):
+    """A shell that exported the offline mirrors (README "Offline") must not change what a test
+    fetches or loads: tests that want a mirror set it themselves."""
+    for var in ("WOOF_FETCH_URL", "WOOF_WEIGHTS", "WOOF_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+
+
 def jpeg_bytes(label, seed, size=(48, 40)):
     """A noisy image whose mean colour depends on the class, so tiny models can learn it."""
     rng = np.random.default_rng(seed)
