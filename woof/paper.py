@@ -6,7 +6,7 @@ answer is written into README.md between the RESULTS markers (`readme_block`).
 from pathlib import Path
 
 from woof.document import Doc, Figure, Heading, Para, Table
-from woof.prose import attention, introduction, limitations, method, related_work, setup
+from woof.prose import attention, comparison_words, introduction, limitations, method, related_work, setup
 from woof.io import at, atomic_path, read_json
 from woof.labels import SPLIT_NAMES, count, label, mean_std, pct, pct_ci, points, pvalue
 
@@ -776,12 +776,10 @@ def readme_block(results_path="metrics/compare.json"):
             f"{count(res['data'].get('test_images', 0))} clean test images):", "", *rows, ""]
     tests = []
     for path in prog.get("answer_tests", []):
-        t, on = at(prog, path), "CNN " if path.startswith("cnn.") else ""
-        a, b = path.split(".")[-1].split("_vs_")
+        t, words = at(prog, path), comparison_words(path)
         verdict = ("not significant at 5 %" if not t["significant"] else
                    "significant at 5 %" + ("" if t["significant_holm"] else ", not after the correction"))
-        tests.append(f"- {(on + label(a))[0].upper()}{(on + label(a))[1:]} against {on}{label(b)}: {_difference(t)}, "
-                     f"{verdict}.")
+        tests.append(f"- {words[0].upper()}{words[1:]}: {_difference(t)}, {verdict}.")
     if tests:
         text += ["Val-best against val-best, paired on the same test images:", "", *tests, ""]
     if sr.get("llrd_changes_verdict") is not None:

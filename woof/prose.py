@@ -200,7 +200,14 @@ def multiplicity_limitation(prog):
             "on its own; made together, one of them could pass by chance alone. ")
     if not sig:
         return [text + "None is significant even so, and correcting for the number of tests can only raise p."]
-    said = [f"{'on the CNN, ' if path.startswith('cnn.') else ''}{label(a)} against {label(b)} goes from "
-            f"{pvalue(t['p_value'])} to {pvalue(t['p_holm'])}, {'still' if t['significant_holm'] else 'no longer'} "
-            "significant" for path, t in sig for a, b in [path.split(".")[-1].split("_vs_")]]
+    said = [f"{comparison_words(path)} goes from {pvalue(t['p_value'])} to {pvalue(t['p_holm'])}, "
+            f"{'still' if t['significant_holm'] else 'no longer'} significant" for path, t in sig]
     return [text + f"After Holm's correction for the {len(tests)}: " + "; ".join(said) + "."]
+
+
+def comparison_words(path):
+    """What an answer test compares, from its path (compare's answer_tests): "LoRA against full
+    fine-tuning"; the CNN's name their backbone."""
+    a, b = path.split(".")[-1].split("_vs_")
+    on = "CNN " if path.startswith("cnn.") else ""
+    return f"{on}{label(a)} against {on}{label(b)}"
