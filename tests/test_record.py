@@ -231,6 +231,8 @@ def test_ema_and_seeds_join_once_their_grids_are_complete():
                                                        val_top1=ema_val, trainable_params=1.0)])])
         seeds = [r for r in record.seed_runs(done) if "llrd" in r.name]
         assert [r.name for r in seeds] == [f"{seeded.name}-seed{s}" for s in (1, 2)]
+        assert [record.split_seed(r.name) for r in seeds] == [(seeded.name, s) for s in (1, 2)]  # names read back
+        assert record.split_seed(seeded.name) == (seeded.name, 0)
         assert [r.overrides for r in seeds] == [{**seeded.overrides, "full.seed": s} for s in (1, 2)]
         assert record.still_to_run(done) == record.still_to_run(complete) - 1
 

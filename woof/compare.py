@@ -18,7 +18,7 @@ from scipy.stats import ttest_ind_from_stats
 from woof.io import CORRUPTED, PREDICTIONS, at, read_json
 from woof.labels import LABELS, count, mean_std
 from woof.record import (FAMILIES, all_runs, best, cnn_kind, ema_runs, family, from_bits, programme,
-                         reference_runs, select, still_to_run, val_best)
+                         reference_runs, select, split_seed, still_to_run, val_best)
 from woof.stats import ALPHA, compare_paired, holm, mcnemar, mean_ci, paired_scores
 
 NAN = float("nan")
@@ -148,8 +148,8 @@ def paired(correct, a, b, split="test"):
 
 
 def seeds(df, name):
-    """Mean and std over seed 0 (the grid run `name`) and its recorded -seed<k> reruns."""
-    d = df[((df.name == name) | df.name.str.startswith(f"{name}-seed")) & (df.status == "ok")]
+    """Mean and std over seed 0 (the grid run `name`) and its recorded reruns at other seeds."""
+    d = df[(df.name.map(lambda n: split_seed(n)[0]) == name) & (df.status == "ok")]
     out = {"runs": list(d.name), "n": len(d)}
     for col in ("val_top1", "test_top1"):
         out[col] = {"mean": float(d[col].mean()), "std": float(d[col].std(ddof=1)) if len(d) > 1 else None}
@@ -274,11 +274,9 @@ def second_round(df, correct, best_runs, lora_vs_full):
 def by_seed(correct, a_runs, b_runs):
     """Two configurations' runs at the same seed, on the same images: the images each gets right
     alone, per split and seed; how alike the two methods train, beyond the val-best pair's test."""
-    def seed(name):  # seed 0 is the grid run; record.seed_runs names the others <name>-seed<k>
-        return int(name.rsplit("-seed", 1)[1]) if "-seed" in name else 0
-    b_at = {seed(n): n for n in b_runs}
-    return [{"seed": seed(a), **{s: paired(correct, a, b_at[seed(a)], s) for s in ("val", "test")}}
-            for a in a_runs if seed(a) in b_at]
+    b_at = {split_seed(n)[1]: n for n in b_runs}
+    return [{"seed": k, **{s: paired(correct, a, b_at[k], s) for s in ("val", "test")}}
+            for a in a_runs if (k := split_seed(a)[1]) in b_at]
 
 
 def ema_effect(df, correct):

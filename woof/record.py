@@ -143,6 +143,13 @@ def extra_seeds(seeds):
     return [s for s in seeds if s != 0]
 
 
+def split_seed(name):
+    """A run's configuration and seed from its name: seed_runs names a rerun "<config>-seed<k>";
+    any other name is its configuration's grid run, seed 0."""
+    config, sep, k = name.rpartition("-seed")
+    return (config, int(k)) if sep and k.isdigit() else (name, 0)
+
+
 def seed_runs(record, seeds=SEEDS):
     """The val-best configuration of each SEEDED family at `seeds`; none until its grid is complete
     (layer decay's grid includes its EMA run, which may be the val-best configuration)."""
